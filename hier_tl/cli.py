@@ -1,0 +1,198 @@
+"""The `hier-tl` command line. Heavy imports happen inside each command, so `--help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed without a traceback, exit status 2."""
+
+
+def _print_problems(e) -> None:
+    print(f"error: {e}", file=sys.stderr)
+
+
+def cmd_data_check(args) -> int:
+    from .data import list_images, load_dataset, load_images, TEST_DIR
+
+    t0 = time.perf_counter()
+    ds = load_dataset(args.dir, args.image_size)
+    tax = ds.taxonomy
+    print(f"{args.dir}: {len(ds)} training images, {len(set(ds.superclass.tolist()))} superclasses, "
+          f"{len(set(ds.subclass.tolist()))} subclasses (novel indices: superclass {tax.superclass.novel}, "
+          f"subclass {tax.subclass.novel})")
+    for s in sorted(set(ds.superclass.tolist())):
+        mask = ds.superclass == s
+        print(f"  superclass {s} {tax.superclass.names[s]!r}: {int(mask.sum())} images, "
+              f"{len(set(ds.subclass[mask].tolist()))} subclasses")
+    counts = {int(k): int(v) for k, v in zip(*ds.subclass.unique(return_counts=True))}
+    lo, hi = min(counts, key=counts.get), max(counts, key=counts.get)
+    print(f"  subclass sizes: smallest {counts[lo]} ({tax.subclass.names[lo]!r}), largest {counts[hi]} "
+          f"({tax.subclass.names[hi]!r}), largest/smallest ratio {counts[hi] / counts[lo]:.2f}")
+    print(f"  image sizes: {_fmt(ds.sizes)}; modes: {_fmt(ds.modes)}")
+    test_dir = Path(args.dir) / TEST_DIR
+    if test_dir.is_dir():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            imgs = load_images(test_dir, args.image_size)
+        n_files = len(list_images(test_dir))
+        print(f"  test images: {n_files} found in {TEST_DIR}/, {len(imgs.names)} decodable"
+              + (f", {len(imgs.failed)} NOT decodable (predict skips them): "
+                 f"{', '.join(list(imgs.failed)[:5])}" if imgs.failed else ""))
+    else:
+        print(f"  test images: none ({TEST_DIR}/ not found)")
+    for note in ds.warnings:
+        print(f"  warning: {note}")
+    print(f"OK ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _fmt(counter: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counter.items(), key=lambda kv: -kv[1]))
+
+
+def cmd_data_synth(args) -> int:
+    from .synthetic import SynthSpec, synthesize
+
+    spec = SynthSpec(n_super=args.n_super, subs_per_super=args.subs_per_super, per_class=args.per_class,
+                     size=args.size, seed=args.seed, test_per_class=args.test_per_class)
+    try:
+        spec.validate()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    out = synthesize(args.out, spec)
+    n = spec.n_super * spec.subs_per_super
+    print(f"wrote {out}: {n * spec.per_class} training images over {spec.n_super} superclasses and {n} "
+          f"subclasses; test_images/ with seen, novel-subclass and novel-superclass images; test_labels.csv")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .config import dump_yaml, load_train_config
+    from .data import load_dataset
+    from .results import config_columns, write_parquet
+    from .train import fit
+
+    cfg = load_train_config(args.config, args.set)
+    ds = load_dataset(args.data)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, out / "config.yaml")
+    rows = []
+
+    def report(m, save, outputs):
+        import torch
+
+        rows.append({**config_columns(cfg), **m})
+        write_parquet(rows, out / "metrics.parquet")
+        torch.save(outputs.to_dict(), out / "val_outputs.pt")
+        save(out / "checkpoint.pt")
+        print(f"epoch {m['epoch']}/{cfg.epochs}  loss {m['train_loss']:.3f}/{m['val_loss']:.3f}  "
+              f"super {m['seen_super_acc']:.3f}  sub {m['seen_sub_acc']:.3f}  "
+              f"novel {m['novel_super_acc']:.3f}/{m['novel_sub_acc']:.3f}  objective {m['objective']:.3f}  "
+              f"{m['images_per_s']:.0f} img/s  {m['epoch_time']:.1f} s", flush=True)
+
+    fit(cfg, ds, report)
+    print(f"wrote {out}/config.yaml, metrics.parquet, val_outputs.pt, checkpoint.pt")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .metrics import ScoreError, score_predictions
+    from .data import read_layout
+
+    tax, _, problems = read_layout(args.data)
+    if tax is None:
+        raise UserError("cannot read the mapping files:\n" + "\n".join(problems))
+    try:
+        s = score_predictions(args.predictions, args.labels, tax.superclass.novel, tax.subclass.novel)
+    except ScoreError as e:
+        raise UserError(str(e)) from None
+    print(f"{s['n']} images")
+    for lvl, name in (("super", "superclass"), ("sub", "subclass")):
+        print(f"{name + ' accuracy:':21s} overall {_pct(s[lvl + '_acc'])}  seen {_pct(s[lvl + '_seen_acc'])}  "
+              f"novel {_pct(s[lvl + '_novel_acc'])}")
+    return 0
+
+
+def _pct(x: float) -> str:
+    return "   n/a" if x != x else f"{100 * x:6.2f}%"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hier-tl", description="Hyperparameter sweeps (Ray Tune) for hierarchical transfer learning with "
+        "open-set novelty detection. Run `hier-tl COMMAND --help` for each command.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = sub.add_parser("data", help="check a dataset folder, or write a synthetic one")
+    dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    c = dsub.add_parser("check", help="validate a dataset folder and print a summary (exit 2 on problems)")
+    c.add_argument("dir", help="folder with train_images/, train_data.csv and the two mapping CSVs")
+    c.add_argument("--image-size", type=int, default=64, help="side images are resized to (default 64)")
+    c.set_defaults(fn=cmd_data_check)
+    s = dsub.add_parser("synth", help="write a procedural dataset in the same layout (deterministic per seed)")
+    s.add_argument("out", help="output folder")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--n-super", type=int, default=3, help="known superclasses (default 3)")
+    s.add_argument("--subs-per-super", type=int, default=6, help="known subclasses per superclass (default 6)")
+    s.add_argument("--per-class", type=int, default=40, help="training images per subclass (default 40)")
+    s.add_argument("--test-per-class", type=int, default=8, help="test images per class (default 8)")
+    s.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    s.set_defaults(fn=cmd_data_synth)
+
+    t = sub.add_parser("train", help="train one configuration (the shared trainer, no Ray)")
+    t.add_argument("config", nargs="?", help="YAML file of TrainConfig keys (omit for all defaults)")
+    t.add_argument("--data", required=True, help="dataset folder")
+    t.add_argument("--out", required=True, help="run folder: config.yaml, metrics.parquet, val_outputs.pt, checkpoint.pt")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    t.set_defaults(fn=cmd_train)
+
+    sc = sub.add_parser("score", help="score a predictions CSV against a labels CSV, as the leaderboard does")
+    sc.add_argument("predictions", help="CSV: image,superclass_index,subclass_index")
+    sc.add_argument("labels", help="CSV with the same columns; novel indices where novel")
+    sc.add_argument("--data", required=True, help="dataset folder (for the novel indices in the mapping files)")
+    sc.set_defaults(fn=cmd_score)
+
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+    from .data import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except DataError as e:
+        print(f"error: {len(e.problems)} problem(s) in the data:", file=sys.stderr)
+        for line in e.problems[:50]:
+            print(f"  {line}", file=sys.stderr)
+        if len(e.problems) > 50:
+            print(f"  ... and {len(e.problems) - 50} more", file=sys.stderr)
+        return EXIT_USAGE
+    except (UserError, ConfigError) as e:
+        _print_problems(e)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - known user-fixable failures below, everything else re-raised
+        from .models import WeightsError
+        from .train import DivergedError
+
+        if isinstance(e, (WeightsError, DivergedError, FileNotFoundError, ValueError)):
+            _print_problems(e)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

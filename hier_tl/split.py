@@ -1,0 +1,98 @@
+"""Seeded train/validation splits, stratified by subclass, with an open-set option.
+
+Open-set validation holds out K subclasses per superclass and/or whole superclasses: their images go to
+validation only, relabelled as novel at the right level (a held-out subclass keeps its true superclass).
+Heads are trained over the classes that remain; `LabelSpace` maps head positions to mapping-file indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .data import Dataset
+
+NOVEL = -1  # head-space label meaning "novel at this level"
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """What the two heads predict: head position -> mapping-file index, plus the novel indices."""
+
+    supers: tuple[int, ...]
+    subs: tuple[int, ...]
+    sub_parent: tuple[int, ...]  # subclass head position -> superclass head position
+    novel_super: int
+    novel_sub: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabelSpace":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def encode(self, sup: torch.Tensor, sub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mapping-file indices -> head positions (NOVEL where the class is not in the heads)."""
+        return _lookup(self.supers, sup), _lookup(self.subs, sub)
+
+    def decode(self, sup: torch.Tensor, sub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head positions (NOVEL allowed) -> mapping-file indices with the novel indices."""
+        s = torch.tensor(self.supers + (self.novel_super,))
+        b = torch.tensor(self.subs + (self.novel_sub,))
+        return s[torch.where(sup < 0, len(self.supers), sup)], b[torch.where(sub < 0, len(self.subs), sub)]
+
+
+def _lookup(values: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
+    table = {v: i for i, v in enumerate(values)}
+    return torch.tensor([table.get(int(v), NOVEL) for v in x], dtype=torch.int64)
+
+
+@dataclass
+class Split:
+    train: torch.Tensor  # dataset row indices
+    val: torch.Tensor
+    space: LabelSpace
+    held_out_supers: tuple[int, ...] = ()
+    held_out_subs: tuple[int, ...] = ()
+
+
+def make_split(ds: Dataset, val_fraction: float = 0.1, seed: int = 0,
+               holdout_subclasses: int = 0, holdout_superclasses: int = 0) -> Split:
+    """Deterministic for a given seed. Raises ValueError when the hold-out would leave nothing to train."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    tax = ds.taxonomy
+    present_supers = sorted(set(ds.superclass.tolist()))
+    if holdout_superclasses >= len(present_supers):
+        raise ValueError(f"holdout_superclasses={holdout_superclasses} leaves no superclass to train on "
+                         f"({len(present_supers)} present)")
+    held_sup = sorted(int(s) for s in rng.choice(present_supers, holdout_superclasses, replace=False))
+    held_sub = []
+    for s in present_supers:
+        if s in held_sup:
+            continue
+        kids = sorted(set(ds.subclass[ds.superclass == s].tolist()))
+        if holdout_subclasses >= len(kids):
+            raise ValueError(f"holdout_subclasses={holdout_subclasses} leaves no subclass of superclass "
+                             f"{s} ({tax.superclass.names[s]!r}, {len(kids)} subclasses) to train on")
+        held_sub += sorted(int(k) for k in rng.choice(kids, holdout_subclasses, replace=False))
+    held = torch.isin(ds.superclass, torch.tensor(held_sup, dtype=torch.int64)) | \
+        torch.isin(ds.subclass, torch.tensor(held_sub, dtype=torch.int64))
+    train, val = [], [torch.nonzero(held).flatten().tolist()]
+    for sub in sorted(set(ds.subclass[~held].tolist())):  # stratified by subclass
+        rows = torch.nonzero((ds.subclass == sub) & ~held).flatten().numpy()
+        rows = rows[rng.permutation(len(rows))]
+        n_val = int(round(val_fraction * len(rows)))
+        n_val = min(n_val, len(rows) - 1)
+        val.append(rows[:n_val].tolist())
+        train.append(rows[n_val:].tolist())
+    supers = tuple(s for s in present_supers if s not in held_sup)
+    subs = tuple(sorted(set(ds.subclass[~held].tolist())))
+    parent = tuple(supers.index(tax.parent[s]) for s in subs)
+    space = LabelSpace(supers, subs, parent, tax.superclass.novel, tax.subclass.novel)
+    flat = lambda parts: torch.tensor(sorted(i for p in parts for i in p), dtype=torch.int64)  # noqa: E731
+    return Split(flat(train), flat(val), space, tuple(held_sup), tuple(held_sub))
