@@ -7,6 +7,7 @@ one `--set key=value` override and one column in the results tables.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -96,6 +97,9 @@ def check_threshold(spec: Any, key: str) -> None:
     raise ConfigError(f"{key}: {spec!r} is not a number, 'best' or 'tpr:P' (0 < P <= 1)")
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _type_ok(value: Any, hint: Any) -> tuple[bool, Any]:
     """Does `value` fit `hint`? Returns (ok, value) with ints widened to float where a float is wanted."""
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
@@ -104,6 +108,8 @@ def _type_ok(value: Any, hint: Any) -> tuple[bool, Any]:
             return True, value
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, float(value)
+        if t is float and str not in options and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return True, float(value)  # YAML 1.1 reads `3e-4` as text
         if t is int and isinstance(value, int) and not isinstance(value, bool):
             return True, value
         if t in (str, bool) and isinstance(value, t):
@@ -149,7 +155,9 @@ def _hint_name(hint: Any) -> str:
 
 
 def parse_value(text: str) -> Any:
-    """A `--set` value as YAML: `0.1` -> float, `true` -> bool, `resnet18` -> str."""
+    """A `--set` value as YAML: `0.1` and `3e-4` -> float, `true` -> bool, `resnet18` -> str."""
+    if _FLOAT.fullmatch(text.strip()):
+        return int(text) if text.strip().lstrip("+-").isdigit() else float(text)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
