@@ -1,0 +1,82 @@
+"""The shared trainer: it learns, reports every epoch, checkpoints exactly, resumes and refuses NaNs."""
+
+import pandas as pd
+import pytest
+import torch
+
+from hier_tl import augment
+from hier_tl.cli import main
+from hier_tl.config import TrainConfig
+from hier_tl.train import DivergedError, fit, infer, load_checkpoint, model_from_checkpoint
+
+FAST = dict(backbone="cnn_tiny", batch_size=32, lr=3e-3, val_fraction=0.25, eval_batch_size=256)
+
+
+@pytest.fixture(scope="module")
+def learn_ds(tmp_path_factory):
+    from hier_tl.data import load_dataset
+    from hier_tl.synthetic import SynthSpec, synthesize
+    return load_dataset(synthesize(tmp_path_factory.mktemp("learn"), SynthSpec(subs_per_super=3, per_class=60,
+                                                                               test_per_class=1, seed=3)))
+
+
+def test_two_epochs_beat_chance_by_a_wide_margin(learn_ds):
+    seen = []
+    res = fit(TrainConfig(epochs=3, threshold=0.0, **FAST), learn_ds, lambda m, save, out: seen.append(m))
+    assert [m["epoch"] for m in seen] == [1, 2, 3] and len(res.history) == 3
+    last = seen[-1]
+    assert last["seen_super_acc"] > 0.6 and last["seen_sub_acc"] > 0.35, last  # chance: 1/3 and 1/9
+    assert last["train_loss"] < seen[0]["train_loss"]
+    for key in ("val_loss", "images_per_s", "epoch_time", "auroc_sub_msp", "fpr95_super_energy", "objective"):
+        assert key in last
+
+
+def test_checkpoint_round_trip_gives_identical_logits(synth_ds, tmp_path):
+    saved = {}
+
+    def report(m, save, out):
+        saved["path"] = save(tmp_path)
+    res = fit(TrainConfig(epochs=1, **FAST), synth_ds, report)
+    model, cfg, space, norm = model_from_checkpoint(load_checkpoint(saved["path"]))
+    a = infer(res.model, synth_ds.images[:20], res.norm, 64)
+    b = infer(model, synth_ds.images[:20], norm, 64)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert space == res.space and cfg.backbone == "cnn_tiny"
+
+
+def test_resume_continues_from_the_checkpoint_exactly(synth_ds, tmp_path):
+    cfg = TrainConfig(epochs=3, mixup_alpha=0.2, **FAST)
+    full = fit(cfg, synth_ds)
+    ckpt = {}
+
+    def stop_after_one(m, save, out):
+        if m["epoch"] == 1:
+            ckpt["p"] = save(tmp_path)
+    fit(cfg.replace(epochs=3), synth_ds, stop_after_one)
+    resumed = fit(cfg, synth_ds, resume=ckpt["p"])
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert resumed.history[-1]["train_loss"] == pytest.approx(full.history[-1]["train_loss"], rel=1e-4)
+
+
+def test_nan_loss_stops_with_a_clear_error(synth_ds, monkeypatch):
+    monkeypatch.setattr(augment, "to_input", lambda x, size, norm: torch.full_like(x, float("nan")))
+    with pytest.raises(DivergedError, match="loss is nan at epoch 1"):
+        fit(TrainConfig(epochs=2, **FAST), synth_ds)
+
+
+def test_train_command_writes_the_run_folder(synth_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(synth_dir), "--out", str(out), "--set", "backbone=cnn_tiny",
+                 "--set", "epochs=2", "--set", "holdout_subclasses=1"]) == 0
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.parquet", "val_outputs.pt", "checkpoint.pt"}
+    df = pd.read_parquet(out / "metrics.parquet")
+    assert list(df.epoch) == [1, 2] and (df.backbone == "cnn_tiny").all() and "git_commit" in df
+    assert df.novel_sub_acc.notna().all()
+    assert capsys.readouterr().out.count("epoch ") == 2
+    outputs = torch.load(out / "val_outputs.pt", weights_only=True)
+    assert outputs["sub_logits"].shape[1] == 6  # 9 subclasses, one per superclass held out
+
+
+def test_train_command_rejects_unknown_keys(synth_dir, tmp_path, capsys):
+    assert main(["train", "--data", str(synth_dir), "--out", str(tmp_path), "--set", "lern_rate=1"]) == 2
+    assert "lern_rate" in capsys.readouterr().err
