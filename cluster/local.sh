@@ -237,7 +237,7 @@ cmd_up() {
     sleep 1
   done
 
-  say "$want nodes alive (head + $n workers); logs under $ROOT"
+  say "$want nodes alive (head + $n worker nodes); logs under $ROOT"
   if [[ $RAY_AUTH_MODE == token ]]; then
     say "token auth is on; a client needs:"
     say "  export RAY_AUTH_MODE=token"

@@ -126,6 +126,32 @@ def _pct(x: float) -> str:
     return "   n/a" if x != x else f"{100 * x:6.2f}%"
 
 
+def cmd_sweep(args) -> int:
+    import shlex
+
+    from .storage import Storage
+    from .sweep import load_sweep
+    from .tune import SweepError, run_sweep
+
+    sweep = load_sweep(args.sweep, smoke=args.smoke, overrides=args.set, name=args.name, storage=args.storage,
+                       data=args.data)
+    if not args.name and not args.resume and Storage(sweep.storage, sweep.name).exists("trials.parquet"):
+        sweep.name = f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        print(f"a sweep named after this file already exists in {sweep.storage}: this one is {sweep.name!r}")
+    argv = ["hier-tl", "sweep", args.sweep, "--name", sweep.name] + (["--smoke"] if args.smoke else []) + \
+        [f"--{k}={v}" for k, v in (("data", args.data), ("storage", args.storage), ("address", args.address)) if v] + \
+        [f"--set={x}" for x in args.set]
+    try:
+        trials = run_sweep(sweep, args.address, args.resume, " ".join(shlex.quote(a) for a in argv))
+    except SweepError as e:
+        raise UserError(str(e)) from None
+    from .report import comparison_table, format_table
+
+    print(format_table(comparison_table(trials, sweep.scheduler.metric, sweep.scheduler.mode)))
+    print(f"results: {Storage(sweep.storage, sweep.name).exp}  (hier-tl report / best / predict take this folder)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hier-tl", description="Hyperparameter sweeps (Ray Tune) for hierarchical transfer learning with "
@@ -161,6 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--data", required=True, help="dataset folder (for the novel indices in the mapping files)")
     sc.set_defaults(fn=cmd_score)
 
+    sw = sub.add_parser("sweep", help="run a sweep file on Ray Tune (local, or a cluster with --address)",
+                        description="Run a sweep file on Ray Tune. Without --address an embedded local Ray is "
+                        "started; results (Parquet) go to <storage>/<name>/. Ctrl-C stops gracefully and prints "
+                        "the command that resumes.")
+    sw.add_argument("sweep", help="sweep YAML, e.g. sweeps/smoke.yaml")
+    sw.add_argument("--data", help="dataset folder (overrides the file's `data`)")
+    sw.add_argument("--name", help="sweep name (default: the file's `name`, made unique if taken)")
+    sw.add_argument("--address", help="join an existing Ray cluster (e.g. auto, or 127.0.0.1:6379)")
+    sw.add_argument("--storage", help="results root: a folder or s3://bucket/prefix, gs://...")
+    sw.add_argument("--smoke", action="store_true", help="apply the file's `smoke:` overrides (about a minute on CPU)")
+    sw.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a sweep key, dotted for nesting: base.epochs=3, resources.gpu=0 (repeatable)")
+    sw.set_defaults(fn=cmd_sweep)
     return p
 
 

@@ -116,7 +116,7 @@ def _type_ok(value: Any, hint: Any) -> tuple[bool, Any]:
             return True, value
         if dataclasses.is_dataclass(t) and isinstance(value, dict):
             return True, value
-        if typing.get_origin(t) in (dict, list) and isinstance(value, typing.get_origin(t)):
+        if (typing.get_origin(t) or t) in (dict, list) and isinstance(value, typing.get_origin(t) or t):
             return True, value
         if t is Any:
             return True, value

@@ -24,6 +24,7 @@ class Outputs:
     sub_logits: torch.Tensor
     super_target: torch.Tensor
     sub_target: torch.Tensor
+    space: LabelSpace | None = None  # what the head positions mean
 
     def logits(self, level: str) -> torch.Tensor:
         return self.super_logits if level == "super" else self.sub_logits
@@ -31,8 +32,15 @@ class Outputs:
     def target(self, level: str) -> torch.Tensor:
         return self.super_target if level == "super" else self.sub_target
 
-    def to_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.__dict__)
+    def to_dict(self) -> dict:
+        """Tensors plus the label space as plain data (loadable with weights_only=True)."""
+        d = {k: v for k, v in self.__dict__.items() if k != "space"}
+        return {**d, "space": self.space.to_dict() if self.space else None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Outputs":
+        space = LabelSpace.from_dict(d["space"]) if d.get("space") else None
+        return cls(d["super_logits"], d["sub_logits"], d["super_target"], d["sub_target"], space)
 
 
 def accuracy(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:

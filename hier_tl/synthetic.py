@@ -99,7 +99,7 @@ def draw(rng: np.random.Generator, shape: str, hue: float, texture: str, size: i
 def _classes(spec: SynthSpec, rng: np.random.Generator):
     """(super, local sub) -> (shape, hue, texture); subclass indices shuffled across superclasses."""
     m = spec.subs_per_super + spec.novel_subs_per_super
-    style = {(s, j): (SHAPES[s], (j + s / (spec.n_super + 1)) / m, TEXTURES[j % len(TEXTURES)]) for s in range(spec.n_super + 1) for j in range(m)}
+    style = {(s, j): (SHAPES[s], j / m, TEXTURES[j % len(TEXTURES)]) for s in range(spec.n_super + 1) for j in range(m)}
     known = [(s, j) for s in range(spec.n_super) for j in range(spec.subs_per_super)]
     order = rng.permutation(len(known))
     sub_index = {known[k]: int(i) for i, k in enumerate(order)}

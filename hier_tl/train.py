@@ -223,7 +223,7 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
                                 f"(lr={cfg.lr}, backbone={cfg.backbone}); lower the learning rate")
         train_time = time.perf_counter() - t0
         sup_l, sub_l = infer(model, X[va.to(device)], bb.norm, size, cfg.eval_batch_size)
-        out = Outputs(sup_l, sub_l, y_sup[va.to(device)].cpu(), y_sub[va.to(device)].cpu())
+        out = Outputs(sup_l, sub_l, y_sup[va.to(device)].cpu(), y_sub[va.to(device)].cpu(), space)
         m = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": validation_loss(out)}
         m.update(metrics.evaluate(out, space, cfg.novelty_score, cfg.threshold, scores))
         m.update(epoch_time=time.perf_counter() - t0, train_time=train_time,
@@ -235,5 +235,5 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
             report(m, save, out)
     if out is None:  # resumed after the last epoch: evaluate once so callers get outputs
         sup_l, sub_l = infer(model, X[va.to(device)], bb.norm, size, cfg.eval_batch_size)
-        out = Outputs(sup_l, sub_l, y_sup[va.to(device)].cpu(), y_sub[va.to(device)].cpu())
+        out = Outputs(sup_l, sub_l, y_sup[va.to(device)].cpu(), y_sub[va.to(device)].cpu(), space)
     return FitResult(model, space, out, history, bb.norm)

@@ -1,0 +1,162 @@
+"""Sweep files: typed, strict, with a `smoke` variant. No Ray here (tune.py turns this into a Ray Tune run).
+
+A sweep file::
+
+    name: search                 # results go to <storage>/<name>/
+    data: ../shared/data/nndl64  # a dataset folder, or `synthetic` (generated from `synthetic:`)
+    base: {epochs: 10, ...}      # TrainConfig keys shared by every trial
+    space:                       # TrainConfig keys to search: one sampler each
+      lr: {loguniform: [1.0e-4, 1.0e-2]}
+      backbone: {choice: [cnn, resnet18]}
+    search: {algo: optuna, seed: 0}          # optuna | random | grid
+    scheduler: {kind: asha, metric: objective, mode: max, grace_period: 1, reduction_factor: 3}
+    num_samples: 20
+    resources: {cpu: 1, gpu: 0.25}
+    max_concurrent: 4
+    storage: results             # a local folder or s3://bucket/prefix, gs://...
+    novelty: {scores: [msp, energy, maxlogit], thresholds: [0.5, 0.6, 0.7, "tpr:0.95"]}
+    smoke: {num_samples: 2, base: {epochs: 2}}   # overrides for --smoke
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, TrainConfig, apply_overrides, check_threshold, from_dict, read_yaml
+
+SAMPLERS = {"choice": "list", "grid": "list", "uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3}
+TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
+NOVELTY_KEYS = ("threshold", "novelty_score")  # evaluated post-hoc: never a reason to train again
+
+
+@dataclass
+class SearchConfig:
+    algo: str = "optuna"  # optuna (TPE) | random | grid
+    seed: int = 0  # sampler seed
+
+
+@dataclass
+class SchedulerConfig:
+    kind: str = "asha"  # asha | none
+    metric: str = "objective"  # any reported metric
+    mode: str = "max"  # max | min
+    grace_period: int = 1  # epochs every trial gets before ASHA may stop it
+    reduction_factor: int = 3  # ASHA keeps 1/reduction_factor of the trials at each rung
+    max_epochs: int = 0  # 0: base.epochs
+
+
+@dataclass
+class Resources:
+    cpu: float = 1.0  # CPUs per trial
+    gpu: float = 0.0  # GPUs per trial; fractions share a GPU between trials
+
+
+@dataclass
+class NoveltySweep:
+    scores: list = field(default_factory=lambda: ["msp", "maxlogit", "energy"])  # written to thresholds.parquet
+    thresholds: list = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9, "tpr:0.95"])  # ditto
+
+
+@dataclass
+class SynthConfig:
+    seed: int = 0
+    n_super: int = 3
+    subs_per_super: int = 6
+    per_class: int = 40
+    test_per_class: int = 8
+    size: int = 64
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"  # results go to <storage>/<name>/
+    data: str = "synthetic"  # dataset folder, or `synthetic`
+    synthetic: SynthConfig = field(default_factory=SynthConfig)  # used when data is `synthetic`
+    base: dict = field(default_factory=dict)  # TrainConfig keys for every trial
+    space: dict = field(default_factory=dict)  # TrainConfig key -> {sampler: args}
+    search: SearchConfig = field(default_factory=SearchConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    num_samples: int = 1  # trials to sample (with grid search: repeats of the whole grid)
+    resources: Resources = field(default_factory=Resources)
+    max_concurrent: int = 0  # 0: as many as the resources allow
+    max_failures: int = 0  # retries of a failed trial, from its last checkpoint
+    storage: str = "results"  # local folder or object-store URI
+    novelty: NoveltySweep = field(default_factory=NoveltySweep)
+    smoke: dict = field(default_factory=dict)  # overrides applied by --smoke
+
+    def validate(self) -> None:
+        from_dict(TrainConfig, self.base, "base.")
+        for key, spec in self.space.items():
+            _check_sampler(key, spec)
+        if self.search.algo not in ("optuna", "random", "grid"):
+            raise ConfigError(f"search.algo: {self.search.algo!r} is not one of optuna, random, grid")
+        grid_keys = [k for k, s in self.space.items() if "grid" in s]
+        if self.search.algo == "optuna" and grid_keys:
+            raise ConfigError(f"space.{grid_keys[0]}: 'grid' needs search.algo grid or random, not optuna")
+        if self.search.algo == "grid" and any("grid" not in s and "choice" not in s for s in self.space.values()):
+            raise ConfigError("search.algo grid: every space entry must be 'grid' or 'choice'")
+        if self.scheduler.kind not in ("asha", "none") or self.scheduler.mode not in ("max", "min"):
+            raise ConfigError("scheduler.kind must be asha or none, scheduler.mode max or min")
+        if self.num_samples < 1 or self.resources.cpu <= 0 or self.resources.gpu < 0:
+            raise ConfigError("num_samples must be >= 1, resources.cpu > 0 and resources.gpu >= 0")
+        for i, t in enumerate(self.novelty.thresholds):
+            check_threshold(t, f"novelty.thresholds[{i}]")
+        from .novelty import SCORES
+
+        for s in self.novelty.scores:
+            if s not in SCORES:
+                raise ConfigError(f"novelty.scores: {s!r} is not one of {', '.join(sorted(SCORES))}")
+
+    @property
+    def max_epochs(self) -> int:
+        return self.scheduler.max_epochs or self.train_config({}).epochs
+    def train_config(self, sampled: dict[str, Any]) -> TrainConfig:
+        return from_dict(TrainConfig, {**self.base, **sampled})
+
+    @property
+    def threshold_only_keys(self) -> list[str]:
+        return [k for k in self.space if k in NOVELTY_KEYS]
+
+
+def _check_sampler(key: str, spec: Any) -> None:
+    where = f"space.{key}"
+    if key not in TRAIN_KEYS:
+        raise ConfigError(f"{where}: {key!r} is not a TrainConfig key")
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ConfigError(f"{where}: expected one sampler, e.g. {{choice: [a, b]}} (samplers: {', '.join(SAMPLERS)})")
+    (kind, args), = spec.items()
+    if kind not in SAMPLERS:
+        raise ConfigError(f"{where}: unknown sampler {kind!r}; samplers: {', '.join(SAMPLERS)}")
+    n = SAMPLERS[kind]
+    if not isinstance(args, list) or (n == "list" and not args) or (n != "list" and len(args) != n):
+        raise ConfigError(f"{where}.{kind}: expected {'a non-empty list' if n == 'list' else f'[{n} numbers]'}")
+    values = args if n == "list" else []
+    for v in values:  # each choice must make a valid TrainConfig
+        try:
+            from_dict(TrainConfig, {key: v})
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+
+def load_sweep(path: Path | str, smoke: bool = False, overrides: list[str] | None = None,
+               name: str | None = None, storage: str | None = None, data: str | None = None) -> SweepConfig:
+    """Read a sweep file; --smoke merges its `smoke:` section; --set key=value (dotted) applies last."""
+    raw = read_yaml(path)
+    if smoke:
+        raw = deep_merge(raw, raw.get("smoke") or {})
+    raw = apply_overrides(raw, overrides)
+    for key, value in (("name", name), ("storage", storage), ("data", data)):
+        if value:
+            raw[key] = value
+    cfg = from_dict(SweepConfig, raw)
+    return cfg
+
+
+def deep_merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "space" else v
+    return out
