@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 class TrainConfig:
     # --- model ---
     backbone: str = "cnn"  # registry name: cnn | resnet18 | efficientnet_b0 | efficientnet_lite0
-    weights: str = "none"  # none | imagenet | PATH to a state dict (loaded with weights_only=True)
+    weights: str = "none"  # none | imagenet | auto (imagenet where available) | PATH (weights_only load)
     depth: str = "full"  # fine-tuning depth: linear | partial | full (see models.py for what trains)
     image_size: int = 0  # side of the square input given to the backbone; 0 keeps the dataset's size
     proj_dim: int = 256  # width of the shared projection before the two heads

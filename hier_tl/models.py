@@ -43,18 +43,24 @@ class Backbone:
 
 
 BACKBONES: dict[str, Callable[[str], Backbone]] = {}
+PRETRAINED: set[str] = set()  # backbones that have ImageNet weights
 
 
-def register_backbone(name: str):
+def register_backbone(name: str, imagenet: bool = False):
     def deco(fn):
         BACKBONES[name] = fn
+        if imagenet:
+            PRETRAINED.add(name)
         return fn
     return deco
 
 
 def build_backbone(name: str, weights: str = "none") -> Backbone:
+    """`weights`: none | imagenet | auto (imagenet where the backbone has it, else none) | a file path."""
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
+    if weights == "auto":
+        weights = "imagenet" if name in PRETRAINED else "none"
     return BACKBONES[name](weights)
 
 
@@ -126,7 +132,7 @@ def _torchvision_weights(module: nn.Module, weights_enum, drop: tuple[str, ...])
     module.load_state_dict(sd, strict=True)
 
 
-@register_backbone("resnet18")
+@register_backbone("resnet18", imagenet=True)
 def resnet18(weights: str) -> Backbone:
     from torchvision.models import ResNet18_Weights
     from torchvision.models import resnet18 as make
@@ -142,7 +148,7 @@ def resnet18(weights: str) -> Backbone:
     return Backbone(m, 512, ["layer4"], norm)
 
 
-@register_backbone("efficientnet_b0")
+@register_backbone("efficientnet_b0", imagenet=True)
 def efficientnet_b0(weights: str) -> Backbone:
     from torchvision.models import EfficientNet_B0_Weights
     from torchvision.models import efficientnet_b0 as make
@@ -180,7 +186,7 @@ def lite0_imagenet_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-@register_backbone("efficientnet_lite0")
+@register_backbone("efficientnet_lite0", imagenet=True)
 def efficientnet_lite0(weights: str) -> Backbone:
     import timm
 

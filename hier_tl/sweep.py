@@ -8,6 +8,7 @@ A sweep file::
     space:                       # TrainConfig keys to search: one sampler each
       lr: {loguniform: [1.0e-4, 1.0e-2]}
       backbone: {choice: [cnn, resnet18]}
+      backbone+depth: {grid: [[cnn, full], [resnet18, linear]]}   # keys that vary together
     search: {algo: optuna, seed: 0}          # optuna | random | grid
     scheduler: {kind: asha, metric: objective, mode: max, grace_period: 1, reduction_factor: 3}
     num_samples: 20
@@ -114,17 +115,30 @@ class SweepConfig:
     def max_epochs(self) -> int:
         return self.scheduler.max_epochs or self.train_config({}).epochs
     def train_config(self, sampled: dict[str, Any]) -> TrainConfig:
-        return from_dict(TrainConfig, {**self.base, **sampled})
+        return from_dict(TrainConfig, {**self.base, **expand(sampled)})
 
     @property
     def threshold_only_keys(self) -> list[str]:
         return [k for k in self.space if k in NOVELTY_KEYS]
 
 
+def expand(sampled: dict[str, Any]) -> dict[str, Any]:
+    """Composite keys `a+b: [va, vb]` (several keys that vary together) -> {a: va, b: vb}."""
+    out = {}
+    for k, v in sampled.items():
+        if "+" in k:
+            out.update(zip(k.split("+"), v))
+        else:
+            out[k] = v
+    return out
+
+
 def _check_sampler(key: str, spec: Any) -> None:
     where = f"space.{key}"
-    if key not in TRAIN_KEYS:
-        raise ConfigError(f"{where}: {key!r} is not a TrainConfig key")
+    parts = key.split("+")
+    bad = [p for p in parts if p not in TRAIN_KEYS]
+    if bad:
+        raise ConfigError(f"{where}: {bad[0]!r} is not a TrainConfig key")
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ConfigError(f"{where}: expected one sampler, e.g. {{choice: [a, b]}} (samplers: {', '.join(SAMPLERS)})")
     (kind, args), = spec.items()
@@ -133,10 +147,12 @@ def _check_sampler(key: str, spec: Any) -> None:
     n = SAMPLERS[kind]
     if not isinstance(args, list) or (n == "list" and not args) or (n != "list" and len(args) != n):
         raise ConfigError(f"{where}.{kind}: expected {'a non-empty list' if n == 'list' else f'[{n} numbers]'}")
+    if len(parts) > 1 and (n != "list" or any(not isinstance(v, list) or len(v) != len(parts) for v in args)):
+        raise ConfigError(f"{where}: a composite key takes choice/grid of [{', '.join(parts)}] lists")
     values = args if n == "list" else []
     for v in values:  # each choice must make a valid TrainConfig
         try:
-            from_dict(TrainConfig, {key: v})
+            from_dict(TrainConfig, expand({key: v}))
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
 

@@ -1,0 +1,51 @@
+"""Sweep files: strict parsing with key paths in errors, smoke merging, overrides."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hier_tl.config import ConfigError
+from hier_tl.sweep import load_sweep
+
+SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
+
+
+def write(tmp_path, data) -> Path:
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_shipped_sweeps_parse_with_and_without_smoke(path):
+    full, smoke = load_sweep(path), load_sweep(path, smoke=True)
+    assert full.smoke, f"{path.name} has no smoke variant"
+    assert smoke.max_epochs <= full.max_epochs
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"nmae": "x"}, "nmae"),
+    ({"scheduler": {"kind": "asha", "grace": 1}}, "scheduler.grace"),
+    ({"base": {"lerning_rate": 1}}, "base.lerning_rate"),
+    ({"space": {"lr": {"logunifrom": [1, 2]}}}, "space.lr: unknown sampler"),
+    ({"space": {"lr": {"loguniform": [1]}}}, "space.lr.loguniform"),
+    ({"space": {"learning_rate": {"choice": [1]}}}, "space.learning_rate"),
+    ({"space": {"backbone": {"choice": ["cnn", "vgg"]}}}, "vgg"),
+    ({"space": {"lr": {"grid": [0.1, 0.01]}}, "search": {"algo": "optuna"}}, "space.lr: 'grid'"),
+    ({"search": {"algo": "bayes"}}, "search.algo"),
+    ({"num_samples": "many"}, "num_samples"),
+    ({"novelty": {"thresholds": [0.5, "tpr:3"]}}, "novelty.thresholds[1]"),
+    ({"novelty": {"scores": ["odin"]}}, "odin"),
+])
+def test_bad_sweep_files_name_the_key_path(tmp_path, data, needle):
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        load_sweep(write(tmp_path, data))
+
+
+def test_smoke_and_overrides(tmp_path):
+    p = write(tmp_path, {"name": "a", "base": {"epochs": 9, "lr": 0.1}, "space": {"lr": {"choice": [0.1, 0.2]}},
+                         "smoke": {"base": {"epochs": 1}, "space": {"depth": {"choice": ["full"]}}}})
+    s = load_sweep(p, smoke=True, overrides=["resources.gpu=0.5", "base.batch_size=16"], name="b")
+    assert s.base == {"epochs": 1, "lr": 0.1, "batch_size": 16} and s.space == {"depth": {"choice": ["full"]}}
+    assert s.resources.gpu == 0.5 and s.name == "b" and s.max_epochs == 1

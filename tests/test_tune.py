@@ -1,0 +1,152 @@
+"""End-to-end sweeps on an embedded local Ray (inside the loopback-only namespace in CI)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from hier_tl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
+pytestmark = pytest.mark.slow
+
+
+def tiny_sweep(tmp_path, **over) -> Path:
+    data = {
+        "name": "t", "data": "synthetic",
+        "synthetic": {"seed": 1, "subs_per_super": 2, "per_class": 12, "test_per_class": 2, "size": 32},
+        "base": {"backbone": "cnn_tiny", "epochs": 3, "batch_size": 16, "val_fraction": 0.25,
+                 "holdout_subclasses": 1, "threshold": "tpr:0.95"},
+        "space": {"lr": {"loguniform": [1e-3, 1e-2]}, "mixup_alpha": {"choice": [0.0, 0.2]}},
+        "search": {"algo": "optuna", "seed": 0},
+        "scheduler": {"kind": "asha", "grace_period": 1, "reduction_factor": 2},
+        "num_samples": 3, "resources": {"cpu": 1}, "max_concurrent": 1, "storage": str(tmp_path / "results"),
+        "novelty": {"scores": ["msp", "energy"], "thresholds": [0.5, "tpr:0.95"]},
+        "smoke": {"num_samples": 2},
+    }
+    for k, v in over.items():
+        data[k] = v
+    p = tmp_path / "sweep.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_sweep_writes_parquet_matching_what_trials_reported(tmp_path, capsys):
+    assert main(["sweep", str(tiny_sweep(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "backbone" in out and "objective" in out  # the comparison table
+    exp = tmp_path / "results" / "t"
+    trials, epochs = pd.read_parquet(exp / "trials.parquet"), pd.read_parquet(exp / "epochs.parquet")
+    thresholds = pd.read_parquet(exp / "thresholds.parquet")
+    assert len(trials) == 3 and set(trials.status) <= {"completed", "stopped"}
+    for col in ("trial_id", "status", "error", "backbone", "lr", "mixup_alpha", "seed", "epochs_run", "wall_s",
+                "compute_s", "node", "device", "hier_tl_version", "git_commit", "best_objective", "final_objective"):
+        assert col in trials, col
+    assert (trials.device == "cpu").all() and trials.lr.between(1e-3, 1e-2).all()
+    # every reported epoch is there once, numbered 1..epochs_run
+    for t in trials.itertuples():
+        got = sorted(epochs[epochs.trial_id == t.trial_id].epoch)
+        assert got == list(range(1, t.epochs_run + 1))
+        last = epochs[(epochs.trial_id == t.trial_id) & (epochs.epoch == t.epochs_run)].iloc[0]
+        assert last.objective == pytest.approx(t.final_objective)
+        assert t.best_objective == pytest.approx(epochs[epochs.trial_id == t.trial_id].objective.max())
+        assert t.status == ("completed" if t.epochs_run == 3 else "stopped")
+    assert len(thresholds) == len(epochs) * 2 * 2  # scores x thresholds per epoch
+    assert set(thresholds.columns) >= {"score", "threshold", "seen_super_acc", "novel_super_acc", "seen_sub_acc",
+                                       "novel_sub_acc", "auroc_super", "auroc_sub"}
+    # the trial's own threshold rule (tpr:0.95 with msp) re-scored post hoc equals what it reported
+    row = thresholds[(thresholds.score == "msp") & (thresholds.threshold == "tpr:0.95")].merge(
+        epochs, on=["trial_id", "epoch"], suffixes=("", "_epoch"))
+    assert (row.seen_sub_acc - row.seen_sub_acc_epoch).abs().max() < 1e-9
+    saved = yaml.safe_load((exp / "sweep.yaml").read_text())
+    assert saved["name"] == "t" and "git_commit" in saved
+
+
+def test_gpu_request_without_gpus_fails_fast(tmp_path, capsys):
+    t0 = time.time()
+    assert main(["sweep", str(tiny_sweep(tmp_path)), "--set", "resources.gpu=1"]) == 2
+    assert time.time() - t0 < 60
+    err = capsys.readouterr().err
+    assert "GPU" in err and "resources.gpu=0" in err
+
+
+def test_errored_trial_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+    p = tiny_sweep(tmp_path, search={"algo": "grid"}, scheduler={"kind": "none"}, num_samples=1,
+                   space={"weights": {"grid": ["none", str(tmp_path / "missing.pt")]}})
+    assert main(["sweep", str(p)]) == 0
+    trials = pd.read_parquet(tmp_path / "results" / "t" / "trials.parquet")
+    assert sorted(trials.status) == ["completed", "errored"]
+    err = trials[trials.status == "errored"].error.iloc[0]
+    assert "missing.pt" in err and "does not exist" in err
+
+
+def test_every_trial_failing_exits_nonzero_with_a_summary(tmp_path, capsys):
+    p = tiny_sweep(tmp_path, search={"algo": "random"}, scheduler={"kind": "none"}, num_samples=2, space={},
+                   base={"backbone": "cnn_tiny", "epochs": 1, "weights": str(tmp_path / "missing.pt")})
+    assert main(["sweep", str(p)]) == 2
+    assert "every trial failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_every_shipped_sweep_runs_in_smoke_mode(path, tmp_path):
+    assert main(["sweep", str(path), "--smoke", "--storage", str(tmp_path)]) == 0
+    trials = pd.read_parquet(next(tmp_path.glob("*/trials.parquet")))
+    assert len(trials) >= 2 and (trials.status != "errored").all(), trials[["status", "error"]]
+
+
+def _wait_for(pred, timeout):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_sigint_then_resume_keeps_finished_trials_and_ids(tmp_path):
+    p = tiny_sweep(tmp_path, num_samples=4, base={"backbone": "cnn_tiny", "epochs": 4, "batch_size": 16},
+                   scheduler={"kind": "none"})
+    trials_file = tmp_path / "results" / "t" / "trials.parquet"
+
+    def finished_and_running():
+        try:
+            df = pd.read_parquet(trials_file)
+        except Exception:
+            return False
+        return (df.status == "completed").sum() >= 1 and (df.status == "running").sum() >= 1
+
+    cmd = [sys.executable, "-m", "hier_tl.cli", "sweep", str(p), "--name", "t"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        assert _wait_for(finished_and_running, 120), "sweep never had a finished and a running trial"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert "--resume" in out
+    before = pd.read_parquet(trials_file)
+    before_epochs = pd.read_parquet(tmp_path / "results" / "t" / "epochs.parquet")
+    done = set(before[before.status == "completed"].trial_id)
+    assert "interrupted" in set(before.status)
+
+    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    after = pd.read_parquet(trials_file)
+    after_epochs = pd.read_parquet(tmp_path / "results" / "t" / "epochs.parquet")
+    assert set(before.trial_id) <= set(after.trial_id) and len(after) == 4  # Optuna's count continued
+    assert (after.status == "completed").all()
+    for tid in done:  # finished trials were not rerun: their epoch rows are untouched
+        a = before_epochs[before_epochs.trial_id == tid].sort_values("epoch")
+        b = after_epochs[after_epochs.trial_id == tid].sort_values("epoch")
+        assert list(a.time) == list(b.time)
+    for tid, g in after_epochs.groupby("trial_id"):  # no epoch lost or duplicated
+        assert sorted(g.epoch) == [1, 2, 3, 4]
