@@ -123,8 +123,21 @@ alive_nodes() {
     awk '/^Active:/ {a = 1; next} /^[A-Z][a-z]+:/ {a = 0} a && $2 ~ /^node_/ {n += $1} END {print n + 0}'
 }
 
+# Start time of a process (Linux /proc), so a PID that exits and is reused by
+# an unrelated process while we wait is never signalled. Empty without /proc.
+proc_start() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=${stat##*) }
+  local -a f
+  read -ra f <<<"$stat"
+  echo "${f[19]:-}"
+}
+
 stop_cluster() {
   local -a pids
+  local -A started
+  local p
   if [[ ! -f $MARKER ]]; then
     say "no local cluster in $ROOT"
     return 0
@@ -134,13 +147,14 @@ stop_cluster() {
     say "no Ray processes of $ROOT are running"
     return 0
   fi
+  for p in "${pids[@]}"; do started[$p]=$(proc_start "$p"); done
   say "stopping ${#pids[@]} Ray processes of $ROOT"
   kill -TERM "${pids[@]}" 2>/dev/null || true
   local deadline=$((SECONDS + STOP_GRACE_S)) left
   while :; do
     left=()
     for p in "${pids[@]}"; do
-      if kill -0 "$p" 2>/dev/null; then left+=("$p"); fi
+      if kill -0 "$p" 2>/dev/null && [[ $(proc_start "$p") == "${started[$p]}" ]]; then left+=("$p"); fi
     done
     ((${#left[@]} == 0)) && break
     if ((SECONDS >= deadline)); then

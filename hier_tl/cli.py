@@ -152,6 +152,92 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import format_table, write_report
+
+    d = Path(args.results)
+    if not (d / "trials.parquet").is_file():
+        raise UserError(f"{d}: no trials.parquet here (expected a sweep results folder, <storage>/<name>/)")
+    table, state = write_report(d, args.out)
+    print(f"sweep state: {state}")
+    print(format_table(table))
+    print(f"wrote {Path(args.out or d) / 'report.md'} and report.html")
+    return 0
+
+
+def cmd_best(args) -> int:
+    import json
+
+    import yaml
+
+    from .predict import SelectionError, load_sweep_results, select_best, trial_checkpoint
+
+    try:
+        trials, meta = load_sweep_results(args.results)
+        sched = meta.get("scheduler", {})
+        mode = sched.get("mode") if args.metric == sched.get("metric", "objective") else None
+        best = select_best(trials, args.metric, mode, args.where)
+        ckpt = trial_checkpoint(args.results, best)
+    except SelectionError as e:
+        raise UserError(str(e)) from None
+    from .config import TrainConfig
+
+    keys = set(TrainConfig.__dataclass_fields__)
+    doc = {"trial_id": best["trial_id"], "status": best["status"], "checkpoint": str(ckpt),
+           "config": {k: _plain(best[k]) for k in best.index if k in keys},
+           "metrics": {k.removeprefix("final_"): _plain(best[k]) for k in best.index if k.startswith("final_")},
+           "epochs_run": int(best["epochs_run"])}
+    print(json.dumps(doc, indent=2) if args.format == "json" else yaml.safe_dump(doc, sort_keys=False), end="")
+    return 0
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    return None if isinstance(v, float) and v != v else v
+
+
+def cmd_predict(args) -> int:
+    from .predict import (Predictor, SelectionError, load_sweep_results, refit, select_best, trial_checkpoint,
+                          write_predictions)
+    from .report import comparison_table
+
+    src = Path(args.source)
+    jobs = []  # (checkpoint, out path)
+    try:
+        if (src / "checkpoint.pt").is_file() and not (src / "trials.parquet").is_file():
+            if args.trial or args.all_variants or args.refit:
+                raise UserError("--trial, --all-variants and --refit need a sweep results folder, not a run folder")
+            jobs.append((src / "checkpoint.pt", Path(args.out)))
+        else:
+            trials, meta = load_sweep_results(src)
+            if args.all_variants:
+                table = comparison_table(trials[trials.epochs_run > 0])
+                chosen = [trials[trials.trial_id == t].iloc[0] for t in table["best trial"]]
+            elif args.trial:
+                match = trials[trials.trial_id == args.trial]
+                if match.empty:
+                    raise UserError(f"no trial {args.trial!r} in {src}; trials: {', '.join(trials.trial_id)}")
+                chosen = [match.iloc[0]]
+            else:
+                chosen = [select_best(trials, meta.get("scheduler", {}).get("metric", "objective"),
+                                      meta.get("scheduler", {}).get("mode"))]
+            out = Path(args.out)
+            for t in chosen:
+                ckpt = refit(src, t, meta, args.data) if args.refit else trial_checkpoint(src, t)
+                path = out.with_name(f"{out.stem}_{t['backbone']}_{t['depth']}{out.suffix}") if args.all_variants else out
+                print(f"trial {t['trial_id']} ({t['backbone']}/{t['depth']}) -> {path}")
+                jobs.append((ckpt, path))
+    except SelectionError as e:
+        raise UserError(str(e)) from None
+    for ckpt, path in jobs:
+        predictor = Predictor.from_checkpoint(ckpt, args.threshold)
+        n = write_predictions(predictor, args.images, path)
+        print(f"wrote {path}: {n} images (thresholds {predictor.score}: superclass {predictor.thr_super:.4g}, "
+              f"subclass {predictor.thr_sub:.4g})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hier-tl", description="Hyperparameter sweeps (Ray Tune) for hierarchical transfer learning with "
@@ -201,6 +287,37 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a sweep key, dotted for nesting: base.epochs=3, resources.gpu=0 (repeatable)")
     sw.set_defaults(fn=cmd_sweep)
+
+    r = sub.add_parser("report", help="comparison table, report.md / report.html and plots for a sweep",
+                       description="Turn a sweep's Parquet files into a comparison table (one row per backbone x "
+                       "depth), learning curves, the seen/novel trade-off across thresholds and ASHA's rungs. "
+                       "Works on a running or interrupted sweep too.")
+    r.add_argument("results", help="sweep results folder (<storage>/<name>/)")
+    r.add_argument("--out", help="where to write report.md, report.html and the PNGs (default: the results folder)")
+    r.set_defaults(fn=cmd_report)
+
+    b = sub.add_parser("best", help="print the best trial's config, metrics and checkpoint path")
+    b.add_argument("results", help="sweep results folder")
+    b.add_argument("--metric", default="objective", help="metric to rank by (its final-epoch value; default objective)")
+    b.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="only trials whose column KEY equals VALUE, e.g. backbone=resnet18 (repeatable)")
+    b.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    b.set_defaults(fn=cmd_best)
+
+    pr = sub.add_parser("predict", help="write the predictions CSV (image,superclass_index,subclass_index)",
+                        description="Predict every image of a folder with the best trial of a sweep (or a run "
+                        "folder from `hier-tl train`). Novel indices come from the checkpoint's mapping.")
+    pr.add_argument("source", help="sweep results folder, or a run folder with checkpoint.pt")
+    pr.add_argument("--images", required=True, help="folder of images to label (e.g. DATA/test_images)")
+    pr.add_argument("--out", required=True, help="CSV to write")
+    pr.add_argument("--trial", help="use this trial id instead of the best")
+    pr.add_argument("--threshold", type=float, help="override the novelty threshold (both levels)")
+    pr.add_argument("--refit", action="store_true",
+                    help="first retrain the chosen config on train + validation for the epochs it ran")
+    pr.add_argument("--data", help="with --refit: dataset folder (default: the sweep's data)")
+    pr.add_argument("--all-variants", action="store_true",
+                    help="one CSV per backbone x depth (its best trial), named OUT_<backbone>_<depth>.csv")
+    pr.set_defaults(fn=cmd_predict)
     return p
 
 

@@ -120,7 +120,8 @@ def infer(model: HierNet, X: torch.Tensor, norm, size: int, batch: int = 512) ->
     """Logits of both heads for uint8 images X (on the model's device), in eval mode, as float32 on the CPU."""
     model.eval()
     device = next(model.parameters()).device
-    sup, sub = [], []
+    sup = [torch.empty(0, model.super_head.out_features)]
+    sub = [torch.empty(0, model.sub_head.out_features)]
     for start in range(0, len(X), batch):
         x = augment.to_input(X[start:start + batch].to(device), size, norm)
         if device.type == "cuda":
@@ -144,7 +145,7 @@ def validation_loss(out: Outputs) -> float:
 
 
 def save_checkpoint(path: Path, model, opt, sched, epoch: int, cfg: TrainConfig, space: LabelSpace,
-                    history: list[dict], norm) -> Path:
+                    history: list[dict], norm, data_side: int) -> Path:
     """Atomic write of everything needed to resume or predict (loadable with weights_only=True)."""
     path = Path(path)
     if path.suffix != ".pt":
@@ -152,7 +153,7 @@ def save_checkpoint(path: Path, model, opt, sched, epoch: int, cfg: TrainConfig,
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "epoch": epoch, "config": cfg.to_dict(), "space": space.to_dict(), "history": history,
-             "norm": [list(norm[0]), list(norm[1])], "rng": torch.get_rng_state(),
+             "norm": [list(norm[0]), list(norm[1])], "data_side": data_side, "rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     torch.save(state, tmp)
@@ -213,6 +214,12 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
     start, history = 0, []
     if resume is not None:
         start, history = _restore(resume if isinstance(resume, dict) else load_checkpoint(resume), model, opt, sched)
+    va_dev = va.to(device)
+
+    def validate() -> Outputs:
+        sup_l, sub_l = infer(model, X[va_dev], bb.norm, size, cfg.eval_batch_size)
+        return Outputs(sup_l, sub_l, y_sup[va_dev].cpu(), y_sub[va_dev].cpu(), space)
+
     out = None
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -222,8 +229,7 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
             raise DivergedError(f"training loss is {train_loss} at epoch {epoch + 1} "
                                 f"(lr={cfg.lr}, backbone={cfg.backbone}); lower the learning rate")
         train_time = time.perf_counter() - t0
-        sup_l, sub_l = infer(model, X[va.to(device)], bb.norm, size, cfg.eval_batch_size)
-        out = Outputs(sup_l, sub_l, y_sup[va.to(device)].cpu(), y_sub[va.to(device)].cpu(), space)
+        out = validate()
         m = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": validation_loss(out)}
         m.update(metrics.evaluate(out, space, cfg.novelty_score, cfg.threshold, scores))
         m.update(epoch_time=time.perf_counter() - t0, train_time=train_time,
@@ -231,9 +237,8 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
         history.append(m)
         if report is not None:
             def save(path, _e=epoch + 1, _h=list(history)):
-                return save_checkpoint(path, model, opt, sched, _e, cfg, space, _h, bb.norm)
+                return save_checkpoint(path, model, opt, sched, _e, cfg, space, _h, bb.norm, X.shape[-1])
             report(m, save, out)
     if out is None:  # resumed after the last epoch: evaluate once so callers get outputs
-        sup_l, sub_l = infer(model, X[va.to(device)], bb.norm, size, cfg.eval_batch_size)
-        out = Outputs(sup_l, sub_l, y_sup[va.to(device)].cpu(), y_sub[va.to(device)].cpu(), space)
+        out = validate()
     return FitResult(model, space, out, history, bb.norm)

@@ -192,7 +192,8 @@ class ResultsWriter(Callback):
         tid = trial.trial_id
         if tid not in self.trials:
             cfg = self.sweep.train_config(trial.config)
-            self.trials[tid] = {"trial_id": tid, "status": "pending", "error": None, "epochs_run": 0,
+            self.trials[tid] = {"trial_id": tid, "trial_dir": os.path.basename(str(trial.path or "")),
+                                "status": "pending", "error": None, "epochs_run": 0,
                                 **config_columns(cfg), "wall_s": 0.0, "compute_s": 0.0}
         return self.trials[tid]
 

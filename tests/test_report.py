@@ -1,0 +1,164 @@
+"""report / best / predict on a finished (and a partial) sweep."""
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from hier_tl.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """One tiny finished sweep: (results folder, dataset folder)."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    synth = {"seed": 2, "subs_per_super": 2, "per_class": 30, "test_per_class": 8, "size": 32}
+    spec = {
+        "name": "r", "data": "synthetic", "synthetic": synth,
+        "base": {"backbone": "cnn_tiny", "epochs": 4, "batch_size": 16, "val_fraction": 0.25, "lr": 0.005,
+                 "threshold": "tpr:0.95"},
+        "space": {"depth": {"grid": ["full", "partial"]}, "mixup_alpha": {"grid": [0.0, 0.2]}},
+        "search": {"algo": "grid"}, "scheduler": {"kind": "asha", "grace_period": 1, "reduction_factor": 2},
+        "num_samples": 1, "resources": {"cpu": 1}, "storage": str(tmp / "results"),
+        "novelty": {"scores": ["msp", "energy"], "thresholds": [0.3, 0.5, 0.7, "tpr:0.95"]}, "smoke": {},
+    }
+    (tmp / "s.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["sweep", str(tmp / "s.yaml")]) == 0
+    from hier_tl.tune import prepare_data
+    from hier_tl.sweep import load_sweep
+    return tmp / "results" / "r", prepare_data(load_sweep(tmp / "s.yaml")).root
+
+
+def test_report_numbers_equal_the_parquet(sweep, tmp_path, capsys):
+    results, _ = sweep
+    assert main(["report", str(results), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "sweep state: finished" in out
+    for f in ("report.md", "report.html", "curves.png", "tradeoff.png", "rungs.png"):
+        assert (tmp_path / f).is_file() and (tmp_path / f).stat().st_size > 0
+    assert "data:image/png;base64," in (tmp_path / "report.html").read_text()  # self-contained
+    from hier_tl.report import comparison_table
+    trials = pd.read_parquet(results / "trials.parquet")
+    table = comparison_table(trials)
+    assert len(table) == 2 and set(table.depth) == {"full", "partial"}
+    for row in table.itertuples(index=False):
+        t = trials[trials.trial_id == row[-1]].iloc[0]
+        group = trials[(trials.backbone == t.backbone) & (trials.depth == t.depth)]
+        assert t.final_objective == group.final_objective.max()
+        assert row[table.columns.get_loc("seen super")] == t.final_seen_super_acc
+        assert row[table.columns.get_loc("novel sub")] == t.final_novel_sub_acc or pd.isna(t.final_novel_sub_acc)
+        assert row[table.columns.get_loc("trials")] == len(group)
+        assert row[table.columns.get_loc("compute s")] == pytest.approx(group.compute_s.sum())
+    md = (tmp_path / "report.md").read_text()
+    assert str(table["objective"].iloc[0]) in md
+
+
+def test_report_on_a_partial_sweep_says_so(sweep, tmp_path, capsys):
+    results, _ = sweep
+    part = tmp_path / "partial"
+    shutil.copytree(results, part)
+    df = pd.read_parquet(part / "trials.parquet")
+    df.loc[0, "status"] = "interrupted"
+    df.to_parquet(part / "trials.parquet")
+    assert main(["report", str(part)]) == 0
+    assert "interrupted" in capsys.readouterr().out
+    df.loc[0, "status"] = "running"
+    df.to_parquet(part / "trials.parquet")
+    assert main(["report", str(part)]) == 0
+    assert "still running" in capsys.readouterr().out
+
+
+def test_best_agrees_with_pandas(sweep, capsys):
+    results, _ = sweep
+    trials = pd.read_parquet(results / "trials.parquet")
+    assert main(["best", str(results), "--format", "yaml"]) == 0
+    doc = yaml.safe_load(capsys.readouterr().out)
+    assert doc["trial_id"] == trials.loc[trials.final_objective.idxmax(), "trial_id"]
+    assert Path(doc["checkpoint"]).is_file() and doc["config"]["backbone"] == "cnn_tiny"
+    assert main(["best", str(results), "--where", "depth=partial", "--metric", "val_loss", "--format", "json"]) == 0
+    import json
+    doc = json.loads(capsys.readouterr().out)
+    part = trials[trials.depth == "partial"]
+    assert doc["trial_id"] == part.loc[part.final_val_loss.idxmin(), "trial_id"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--metric", "accuracy_of_dreams"], "no metric"),
+    (["--where", "backbone=resnet18"], "no trial"),
+    (["--where", "colour=red"], "no such column"),
+])
+def test_best_errors(sweep, capsys, args, needle):
+    assert main(["best", str(sweep[0]), *args]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_predict_csv_format_order_and_score(sweep, tmp_path, capsys):
+    results, data = sweep
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(results), "--images", str(data / "test_images"), "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert list(df.columns) == ["image", "superclass_index", "subclass_index"]
+    labels = pd.read_csv(data / "test_labels.csv")
+    assert len(df) == len(labels)
+    assert list(df.image) == sorted(df.image, key=lambda n: int(n.split(".")[0]))  # numeric order
+    sup_map = pd.read_csv(data / "superclass_mapping.csv")
+    sub_map = pd.read_csv(data / "subclass_mapping.csv")
+    assert set(df.superclass_index) <= set(sup_map["index"]) and set(df.subclass_index) <= set(sub_map["index"])
+    novel_sup = int(sup_map[sup_map["class"] == "novel"]["index"].iloc[0])
+    novel_sub = int(sub_map[sub_map["class"] == "novel"]["index"].iloc[0])
+    assert ((df.superclass_index != novel_sup) | (df.subclass_index == novel_sub)).all()  # hierarchy rule
+    capsys.readouterr()
+    assert main(["score", str(out), str(data / "test_labels.csv"), "--data", str(data)]) == 0
+    scored = capsys.readouterr().out
+    # the test images come from the same generator: seen superclass accuracy within noise of validation's
+    trials = pd.read_parquet(results / "trials.parquet")
+    best = trials.loc[trials.final_objective.idxmax()]
+    seen_super = float(scored.split("superclass accuracy:")[1].split("seen")[1].split("%")[0]) / 100
+    assert abs(seen_super - best.final_seen_super_acc) < 0.25, (seen_super, best.final_seen_super_acc)
+
+
+def test_predict_skips_unreadable_images_with_a_warning(sweep, tmp_path, capsys):
+    results, data = sweep
+    imgs = tmp_path / "imgs"
+    shutil.copytree(data / "test_images", imgs)
+    (imgs / "3.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(results), "--images", str(imgs), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "3.jpg" in err and "could not be read" in err
+    df = pd.read_csv(out)
+    assert "3.jpg" not in set(df.image) and len(df) == len(list(imgs.iterdir())) - 1
+
+
+def test_predict_all_variants_and_trial_and_errors(sweep, tmp_path, capsys):
+    results, data = sweep
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(results), "--images", str(data / "test_images"), "--out", str(out),
+                 "--all-variants"]) == 0
+    assert {p.name for p in tmp_path.glob("p_*.csv")} == {"p_cnn_tiny_full.csv", "p_cnn_tiny_partial.csv"}
+    assert main(["predict", str(results), "--images", str(data / "test_images"), "--out", str(out),
+                 "--trial", "nope"]) == 2
+    assert "no trial 'nope'" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), "--images", str(data / "test_images"), "--out", str(out)]) == 2
+
+
+def test_predict_with_refit(sweep, tmp_path):
+    results, data = sweep
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(results), "--images", str(data / "test_images"), "--out", str(out), "--refit"]) == 0
+    assert len(pd.read_csv(out)) == len(pd.read_csv(data / "test_labels.csv"))
+    assert any((results / "refit").iterdir())
+
+
+def test_predict_from_a_train_run_folder(synth_dir, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(synth_dir), "--out", str(run), "--set", "backbone=cnn_tiny",
+                 "--set", "epochs=1"]) == 0
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), "--images", str(synth_dir / "test_images"), "--out", str(out),
+                 "--threshold", "0.5"]) == 0
+    assert len(pd.read_csv(out)) == len(list((synth_dir / "test_images").iterdir()))
