@@ -56,6 +56,7 @@ class TrainConfig:
     # --- runtime ---
     seed: int = 0  # seeds torch, numpy and python
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with native bf16) | bf16 | fp32
     eval_batch_size: int = 512  # images per step at evaluation
 
     def validate(self) -> None:
@@ -64,7 +65,8 @@ class TrainConfig:
         from .train import SCHEDULES, OPTIMIZERS
 
         choices = {"backbone": BACKBONES, "depth": ("linear", "partial", "full"), "optimizer": OPTIMIZERS,
-                   "schedule": SCHEDULES, "novelty_score": SCORES}
+                   "schedule": SCHEDULES, "novelty_score": SCORES,
+                   "precision": ("auto", "bf16", "fp32")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(sorted(allowed))}")

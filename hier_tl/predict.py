@@ -76,6 +76,7 @@ class Predictor:
     score: str
     thr_super: float
     thr_sub: float
+    precision: str = "auto"
 
     @classmethod
     def from_checkpoint(cls, path: Path | str, threshold: float | None = None, device: str = "cpu") -> "Predictor":
@@ -85,7 +86,8 @@ class Predictor:
         thr_sup = threshold if threshold is not None else last.get("threshold_super", _number(cfg.threshold))
         thr_sub = threshold if threshold is not None else last.get("threshold_sub", _number(cfg.threshold))
         side = int(ckpt.get("data_side", 64))
-        return cls(model, space, norm, cfg.image_size or side, side, cfg.novelty_score, float(thr_sup), float(thr_sub))
+        return cls(model, space, norm, cfg.image_size or side, side, cfg.novelty_score, float(thr_sup), float(thr_sub),
+                   cfg.precision)
 
     def predict(self, images: torch.Tensor, batch: int = 512, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images -> mapping-file indices (novel indices where novel), both levels."""
@@ -95,7 +97,7 @@ class Predictor:
         sups, subs = [], []
         t0 = time.time()
         for start in range(0, len(images), batch):
-            a, b = infer(self.model, images[start:start + batch], self.norm, size, batch)
+            a, b = infer(self.model, images[start:start + batch], self.norm, size, batch, self.precision)
             s, u = rule(a, b, self.space, self.score, self.thr_super, self.thr_sub)
             sups.append(s)
             subs.append(u)

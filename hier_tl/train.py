@@ -1,7 +1,7 @@
 """The one shared trainer: `fit(config, data, report=callback)`. No Ray in here.
 
-The dataset lives on the device as uint8; augmentation is batched on the device; bf16 autocast and
-channels_last on CUDA; no host sync inside the step loop (the loss is summed on the device and read once
+The dataset lives on the device as uint8; augmentation is batched on the device; channels_last
+everywhere, bf16 autocast on CUDA and on CPUs with native bf16 (`precision: auto`); no host sync inside the step loop (the loss is summed on the device and read once
 per epoch, which is also where a NaN or infinite loss stops the run).
 """
 
@@ -58,10 +58,17 @@ class FitResult:
     norm: tuple = ()
 
 
-def _autocast(device: torch.device):
+def use_bf16(device: torch.device, precision: str = "auto") -> bool:
+    """bf16 autocast: always on CUDA under 'auto', and on CPUs with native bf16 (AVX512-BF16 / AMX)."""
+    if precision != "auto":
+        return precision == "bf16"
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        return True
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 OPTIMIZERS = {
@@ -89,7 +96,8 @@ def make_schedule(cfg: TrainConfig, opt, steps_per_epoch: int):
         opt, lambda s: (s + 1) / warm if s < warm else after(min(1.0, (s - warm) / (total - warm))))
 
 
-def train_one_epoch(model, opt, sched, X, y_sup, y_sub, idx, cfg: TrainConfig, norm, size, device) -> torch.Tensor:
+def train_one_epoch(model, opt, sched, X, y_sup, y_sub, idx, cfg: TrainConfig, norm, size, device,
+                    bf16: bool = False) -> torch.Tensor:
     """One pass over `idx` (device tensor of row indices); returns the summed loss as a device tensor."""
     model.train()
     order = idx[torch.randperm(len(idx), device=device)]
@@ -101,9 +109,8 @@ def train_one_epoch(model, opt, sched, X, y_sup, y_sub, idx, cfg: TrainConfig, n
         x = augment.augment(X[b], cfg.hflip, cfg.rotate_deg, cfg.jitter)
         x, perm, lam = augment.mixup(x, cfg.mixup_alpha)
         x = augment.to_input(x, size, norm)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device):
+        x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, bf16):
             ls, lb = model(x)
         loss = augment.mixed_ce(ls.float(), y_sup[b], perm, lam, cfg.label_smoothing) + \
             augment.mixed_ce(lb.float(), y_sub[b], perm, lam, cfg.label_smoothing)
@@ -116,17 +123,18 @@ def train_one_epoch(model, opt, sched, X, y_sup, y_sub, idx, cfg: TrainConfig, n
 
 
 @torch.inference_mode()
-def infer(model: HierNet, X: torch.Tensor, norm, size: int, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+def infer(model: HierNet, X: torch.Tensor, norm, size: int, batch: int = 512,
+          precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of both heads for uint8 images X (on the model's device), in eval mode, as float32 on the CPU."""
     model.eval()
     device = next(model.parameters()).device
+    bf16 = use_bf16(device, precision)
     sup = [torch.empty(0, model.super_head.out_features)]
     sub = [torch.empty(0, model.sub_head.out_features)]
     for start in range(0, len(X), batch):
         x = augment.to_input(X[start:start + batch].to(device), size, norm)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device):
+        x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, bf16):
             a, b = model(x)
         sup.append(a.float().cpu())
         sub.append(b.float().cpu())
@@ -201,9 +209,8 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
     split = make_split(data, cfg.val_fraction, cfg.split_seed, cfg.holdout_subclasses, cfg.holdout_superclasses)
     space = split.space
     model, bb = build_model(cfg, len(space.supers), len(space.subs))
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(device=device, memory_format=torch.channels_last)
+    bf16 = use_bf16(device, cfg.precision)
     size = cfg.image_size or data.images.shape[-1]
     X = data.images.to(device)
     y_sup, y_sub = (t.to(device) for t in space.encode(data.superclass, data.subclass))
@@ -217,13 +224,13 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
     va_dev = va.to(device)
 
     def validate() -> Outputs:
-        sup_l, sub_l = infer(model, X[va_dev], bb.norm, size, cfg.eval_batch_size)
+        sup_l, sub_l = infer(model, X[va_dev], bb.norm, size, cfg.eval_batch_size, cfg.precision)
         return Outputs(sup_l, sub_l, y_sup[va_dev].cpu(), y_sub[va_dev].cpu(), space)
 
     out = None
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
-        loss_sum = train_one_epoch(model, opt, sched, X, y_sup, y_sub, tr, cfg, bb.norm, size, device)
+        loss_sum = train_one_epoch(model, opt, sched, X, y_sup, y_sub, tr, cfg, bb.norm, size, device, bf16)
         train_loss = float(loss_sum) / len(tr)  # the one host sync per epoch
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss is {train_loss} at epoch {epoch + 1} "

@@ -83,22 +83,81 @@ def trainable(sampled: dict, *, sweep: SweepConfig, data: Dataset) -> None:
 
     cfg = sweep.train_config(sampled)
     device = resolve_device(cfg.device)
-    dev_name = "cpu" if device.type == "cpu" else f"cuda:{_cuda_name(device)}"
+    extra = {"device": "cpu" if device.type == "cpu" else f"cuda:{_cuda_name(device)}",
+             "node": socket.gethostname(), "node_id": _node_id()}
     resume = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             resume = load_checkpoint(Path(d) / "checkpoint.pt")
+    cache = _run_cache(sweep, cfg)
 
     def report(m: dict, save, out) -> None:
-        rows = threshold_rows(out, out.space, sweep.novelty.scores, sweep.novelty.thresholds)
-        with tempfile.TemporaryDirectory() as d:
-            save(Path(d))
-            tune.report({**_finite(m), "device": dev_name, "node": socket.gethostname(),
-                         "thresholds_json": json.dumps(rows)},
-                        checkpoint=tune.Checkpoint.from_directory(d))
+        _report(sweep, {**m, **extra}, out, save)
+        if cache is not None and cache.owner:
+            cache.store(m, out, save)
 
-    fit(cfg, data, report, resume=resume)
+    if resume is None and cache is not None:
+        resume = _replay(cache, cfg, sweep, extra)
+        if resume == "done":
+            return
+    try:
+        if cache is not None:
+            cache.acquire()
+        fit(cfg, data, report, resume=resume)
+    finally:
+        if cache is not None:
+            cache.release()
+
+
+def _report(sweep: SweepConfig, m: dict, out, save) -> None:
+    from ray import tune
+
+    rows = threshold_rows(out, out.space, sweep.novelty.scores, sweep.novelty.thresholds)
+    with tempfile.TemporaryDirectory() as d:
+        if save is not None:
+            save(Path(d))
+        tune.report({**_finite(m), "thresholds_json": json.dumps(rows)},
+                    checkpoint=tune.Checkpoint.from_directory(d) if save is not None else None)
+
+
+def _run_cache(sweep: SweepConfig, cfg):
+    """A shared-run cache when the sweep samples only-novelty keys and results live on a shared filesystem."""
+    if not sweep.threshold_only_keys or "://" in sweep.storage:
+        return None
+    from .runcache import RunCache
+
+    return RunCache(Path(sweep.storage) / sweep.name / "shared_runs", cfg)
+
+
+def _replay(cache, cfg, sweep: SweepConfig, extra: dict):
+    """Report the cached epochs re-scored with this trial's novelty keys; returns the checkpoint to go on from
+    ('done' when the cache already covers every epoch, None when there is nothing usable)."""
+    import shutil
+
+    from .metrics import evaluate
+    from .train import ALL_SCORES, load_checkpoint
+
+    epochs = [e for e in cache.epochs() if e <= cfg.epochs]
+    ckpt_path = cache.checkpoint()
+    if not epochs or epochs != list(range(1, len(epochs) + 1)) or ckpt_path is None:
+        return None
+    ckpt = load_checkpoint(ckpt_path)
+    if int(ckpt["epoch"]) != epochs[-1]:  # written mid-epoch by a killed trial: train afresh
+        return None
+    for e in epochs:
+        train_m, out = cache.load(e)
+        m = {**train_m, **evaluate(out, out.space, cfg.novelty_score, cfg.threshold, ALL_SCORES),
+             "epoch_time": 0.0, "replayed": True, **extra}
+        last = e == epochs[-1]
+        _report(sweep, m, out, (lambda p, _c=ckpt_path: shutil.copy(_c, Path(p) / "checkpoint.pt")) if last else None)
+    return "done" if epochs[-1] >= cfg.epochs else ckpt
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()[:12]
 
 
 def _cuda_name(device) -> str:
@@ -165,7 +224,8 @@ class ResultsWriter(Callback):
         for r in rows:
             self.thresholds[(tid, epoch, r["score"], r["threshold"])] = {"trial_id": tid, "epoch": epoch, **r}
         row = self._trial_row(trial)
-        row.update(status="running", epochs_run=epoch, node=result.get("node"), device=result.get("device"))
+        row.update(status="running", epochs_run=epoch, node=result.get("node"), node_id=result.get("node_id"),
+                   device=result.get("device"))
         self._summarise(row)
         self._flush()
         self._progress()
@@ -374,6 +434,7 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
     data = prepare_data(sweep)
     print(f"data: {len(data)} images decoded once ({time.time() - t0:.1f} s); results: {storage.exp}", flush=True)
     start_ray(address)
+    sweep.storage = storage.uri  # absolute: trials run in other working directories
     try:
         check_cluster(sweep, storage)
         storage.write_text("sweep.yaml", _sweep_yaml(sweep))

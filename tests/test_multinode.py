@@ -1,0 +1,116 @@
+"""The same sweep on a head + 2 worker nodes on 127.0.0.1 (cluster/local.sh), and surviving a lost node."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def cluster(tmp_path_factory):
+    """(address, state dir) of a fresh head + 2 workers, each worker with 1 CPU; torn down afterwards."""
+    state = Path(f"/tmp/htl-{os.getpid()}-{free_port()}")  # short: Ray puts Unix sockets under it
+    env = {**os.environ, "RAY": RAY, "LOCAL_RAY_PORT": str(free_port()), "LOCAL_RAY_DIR": str(state),
+           "LOCAL_RAY_WORKER_CPUS": "1", "RAY_AUTH_MODE": "disabled"}
+    up = subprocess.run(["bash", str(ROOT / "cluster" / "local.sh"), "up", "2"], env=env, capture_output=True,
+                        text=True, timeout=180)
+    assert up.returncode == 0, up.stderr
+    try:
+        yield up.stdout.strip().splitlines()[-1], state, env
+    finally:
+        subprocess.run(["bash", str(ROOT / "cluster" / "local.sh"), "down"], env=env, capture_output=True, timeout=120)
+
+
+def sweep_file(tmp_path, epochs, samples, max_failures=0) -> Path:
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({
+        "name": "mn", "data": "synthetic",
+        "synthetic": {"seed": 4, "subs_per_super": 2, "per_class": 20, "test_per_class": 1, "size": 32},
+        "base": {"backbone": "cnn_tiny", "epochs": epochs, "batch_size": 8, "val_fraction": 0.25},
+        "space": {"lr": {"grid": [0.002 + 0.001 * i for i in range(samples)]}},
+        "search": {"algo": "grid"}, "scheduler": {"kind": "none"}, "num_samples": 1,
+        "resources": {"cpu": 1}, "max_failures": max_failures, "storage": str(tmp_path / "results"),
+        "novelty": {"scores": ["msp"], "thresholds": [0.5]}, "smoke": {}}))
+    return p
+
+
+def hier_tl(args, env, **kw):
+    return subprocess.Popen([sys.executable, "-m", "hier_tl.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_sweep_spreads_over_nodes_into_one_storage(cluster, tmp_path):
+    address, _, env = cluster
+    proc = hier_tl(["sweep", str(sweep_file(tmp_path, 2, 4)), "--address", address], env)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    trials = pd.read_parquet(tmp_path / "results" / "mn" / "trials.parquet")
+    assert len(trials) == 4 and (trials.status == "completed").all()
+    assert trials.node_id.nunique() >= 2  # trials ran on more than one node
+    epochs = pd.read_parquet(tmp_path / "results" / "mn" / "epochs.parquet")
+    assert len(epochs) == 8
+
+
+def test_lost_worker_node_trials_resume_elsewhere(cluster, tmp_path):
+    address, state, env = cluster
+    proc = hier_tl(["sweep", str(sweep_file(tmp_path, 8, 2, max_failures=3)), "--address", address], env)
+    epochs_file = tmp_path / "results" / "mn" / "epochs.parquet"
+    victim_node = None
+    t0 = time.time()
+    while time.time() - t0 < 180 and victim_node is None:  # wait until a trial has reported 2 epochs
+        time.sleep(0.3)
+        try:
+            e = pd.read_parquet(epochs_file)
+        except Exception:
+            continue
+        if (e.epoch >= 2).any():
+            victim_node = e[e.epoch >= 2].node_id.iloc[0]
+    assert victim_node, "no trial reported two epochs in time"
+    before = pd.read_parquet(epochs_file)
+    # kill the worker node (raylet and everything started from its temp dir) that runs that trial
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    killed = 0
+    for k in (1, 2):
+        node_dir = f"{state}/w{k}"
+        pids = [int(line.split()[0]) for line in ps.splitlines() if node_dir in line]
+        if pids and _node_runs(state, k, victim_node):
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+    assert killed, "could not find the victim node's processes"
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out
+    trials = pd.read_parquet(tmp_path / "results" / "mn" / "trials.parquet")
+    after = pd.read_parquet(epochs_file)
+    assert (trials.status == "completed").all()
+    for tid, g in after.groupby("trial_id"):
+        assert sorted(g.epoch) == list(range(1, 9))  # no reported epoch lost or duplicated
+    kept = before.merge(after, on=["trial_id", "epoch"], suffixes=("", "_after"))
+    assert len(kept) == len(before) and (kept.time == kept.time_after).all()  # nothing reported was rewritten
+    moved = after[(after.trial_id == before[before.node_id == victim_node].trial_id.iloc[0])]
+    assert moved.node_id.nunique() == 2  # the interrupted trial finished on the other node
+
+
+def _node_runs(state: Path, k: int, node_id_prefix: str) -> bool:
+    """Does worker k's session directory belong to the node with this id?"""
+    for f in Path(state, f"w{k}").glob("session_*/logs/raylet.out"):
+        if node_id_prefix in f.read_text(errors="ignore"):
+            return True
+    return False
