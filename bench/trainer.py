@@ -67,6 +67,8 @@ def reference(cfg: TrainConfig, ds, split, workers: int, device) -> dict:
             loss.backward()
             opt.step()
             sched.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         train_s += time.perf_counter() - t0
     model.eval()
     right_s = right_b = n = 0

@@ -133,6 +133,8 @@ def cmd_sweep(args) -> int:
     from .sweep import load_sweep
     from .tune import SweepError, run_sweep
 
+    if args.resume and not args.name:
+        raise UserError("--resume needs --name NAME: the name printed when the sweep started (or was interrupted)")
     sweep = load_sweep(args.sweep, smoke=args.smoke, overrides=args.set, name=args.name, storage=args.storage,
                        data=args.data)
     if not args.name and not args.resume and Storage(sweep.storage, sweep.name).exists("trials.parquet"):
@@ -212,7 +214,9 @@ def cmd_predict(args) -> int:
         else:
             trials, meta = load_sweep_results(src)
             if args.all_variants:
-                table = comparison_table(trials[trials.epochs_run > 0])
+                sched = meta.get("scheduler", {})
+                table = comparison_table(trials[trials.epochs_run > 0], sched.get("metric", "objective"),
+                                         sched.get("mode", "max"))
                 chosen = [trials[trials.trial_id == t].iloc[0] for t in table["best trial"]]
             elif args.trial:
                 match = trials[trials.trial_id == args.trial]
@@ -238,6 +242,12 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hier-tl", description="Hyperparameter sweeps (Ray Tune) for hierarchical transfer learning with "
@@ -248,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     c = dsub.add_parser("check", help="validate a dataset folder and print a summary (exit 2 on problems)")
     c.add_argument("dir", help="folder with train_images/, train_data.csv and the two mapping CSVs")
-    c.add_argument("--image-size", type=int, default=64, help="side images are resized to (default 64)")
+    c.add_argument("--image-size", type=_positive, default=64, help="side images are resized to (default 64)")
     c.set_defaults(fn=cmd_data_check)
     s = dsub.add_parser("synth", help="write a procedural dataset in the same layout (deterministic per seed)")
     s.add_argument("out", help="output folder")

@@ -35,6 +35,7 @@ from .taxonomy import Taxonomy, read_level
 TRAIN_DIR, TEST_DIR = "train_images", "test_images"
 TRAIN_CSV, SUPER_CSV, SUB_CSV = "train_data.csv", "superclass_mapping.csv", "subclass_mapping.csv"
 REQUIRED_COLUMNS = ("image", "superclass_index", "subclass_index")
+INT = re.compile(r"-?[0-9]+")
 CACHE_VERSION = 1
 MAX_SHOWN = 50
 
@@ -91,8 +92,8 @@ def cache_dir() -> Path:
 
 def safe_image_path(images_dir: Path, name: str) -> tuple[Path | None, str | None]:
     """Resolve `name` inside `images_dir`; refuse names that escape it (.., absolute, symlinks out)."""
-    if not name or name.strip() != name:
-        return None, f"image name {name!r} is empty or has surrounding spaces"
+    if not name or name.strip() != name or "\x00" in name:
+        return None, f"image name {name[:80]!r} is empty, has surrounding spaces or a NUL byte"
     p = Path(name)
     if p.is_absolute() or ".." in p.parts or "\\" in name:
         return None, f"image name {name!r} escapes {images_dir.name}/ (absolute or '..' path)"
@@ -110,6 +111,10 @@ def _decode_one(path: Path, size: int) -> tuple[np.ndarray, str, str]:
     with Image.open(path) as im:
         im.load()
         mode, wh = im.mode, f"{im.width}x{im.height}"
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # high bit depth: rescale, do not clip at 255
+            a = np.asarray(im, dtype=np.float64)
+            top = 1.0 if mode == "F" and a.max() <= 1.0 else (65535.0 if a.max() > 255 else 255.0)
+            im = Image.fromarray((a.clip(0, top) / top * 255).round().astype(np.uint8), "L")
         if im.mode != "RGB":
             im = im.convert("RGBA").convert("RGB") if "transparency" in im.info else im.convert("RGB")
         if im.size != (size, size):
@@ -118,6 +123,14 @@ def _decode_one(path: Path, size: int) -> tuple[np.ndarray, str, str]:
     if arr.shape != (size, size, 3):
         raise ValueError(f"unexpected decoded shape {arr.shape}")
     return arr, mode, wh
+
+
+def _decodes(path: Path, size: int) -> bool:
+    try:
+        _decode_one(path, size)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _cache_key(paths: list[Path], size: int) -> str:
@@ -131,18 +144,22 @@ def _cache_key(paths: list[Path], size: int) -> str:
     return h.hexdigest()[:32]
 
 
-def decode_images(paths: list[Path], size: int, use_cache: bool = True) -> ImageSet:
+def decode_images(paths: list[Path], size: int, use_cache: bool = True, names: list[str] | None = None) -> ImageSet:
     """Decode `paths` to a uint8 N x 3 x size x size tensor, from the on-disk cache when nothing changed.
 
-    Images that fail to decode are left out and listed in `failed` (name -> reason).
+    `names` (default: the file names) label the images; those that fail to decode are left out and listed
+    in `failed` (name -> reason). A cached failure is tried again, so fixing a file's permissions counts.
     """
+    names = names or [p.name for p in paths]
     key = _cache_key(paths, size)
     cdir = cache_dir() / key
     if use_cache and (cdir / "meta.json").is_file():
         try:
             meta = json.loads((cdir / "meta.json").read_text())
-            arr = np.load(cdir / "images.npy")
-            return ImageSet(torch.from_numpy(arr), meta["names"], meta["failed"], meta["modes"], meta["sizes"])
+            retry = [p for p, n in zip(paths, names) if n in meta["failed"]]
+            if not any(_decodes(p, size) for p in retry):
+                arr = np.load(cdir / "images.npy")
+                return ImageSet(torch.from_numpy(arr), meta["names"], meta["failed"], meta["modes"], meta["sizes"])
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: decode again
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
@@ -159,15 +176,14 @@ def decode_images(paths: list[Path], size: int, use_cache: bool = True) -> Image
             return None, None, f"{type(e).__name__}: {e}"
 
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        for p, (mode, wh, err) in zip(paths, pool.map(work, range(len(paths)))):
+        for name, (mode, wh, err) in zip(names, pool.map(work, range(len(paths)))):
             if err:
-                failed[p.name] = err
+                failed[name] = err
             else:
                 modes[mode] += 1
                 sizes[wh] += 1
     arr = np.ascontiguousarray(out[ok].transpose(0, 3, 1, 2))
-    names = [p.name for p, good in zip(paths, ok) if good]
-    result = ImageSet(torch.from_numpy(arr), names, failed, dict(modes), dict(sizes))
+    result = ImageSet(torch.from_numpy(arr), [n for n, good in zip(names, ok) if good], failed, dict(modes), dict(sizes))
     if use_cache:
         _write_cache(cdir, arr, result)
     return result
@@ -196,7 +212,7 @@ class _Row:
 
 def _read_train_csv(path: Path, problems: list[str]) -> list[_Row]:
     if not path.is_file():
-        problems.append(f"{path}: training CSV is missing")
+        problems.append(f"{path}: training CSV is {'a directory' if path.is_dir() else 'missing'}")
         return []
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -205,6 +221,10 @@ def _read_train_csv(path: Path, problems: list[str]) -> list[_Row]:
             if not header:
                 problems.append(f"{path}: empty file (expected header {','.join(REQUIRED_COLUMNS)})")
                 return []
+            dup = sorted({h for h in header if header.count(h) > 1})
+            if dup:
+                problems.append(f"{path} line 1: column(s) {', '.join(dup)} appear more than once")
+                return []
             missing = [c for c in REQUIRED_COLUMNS if c not in header]
             if missing:
                 problems.append(f"{path} line 1: missing required column(s) {', '.join(missing)}")
@@ -212,9 +232,14 @@ def _read_train_csv(path: Path, problems: list[str]) -> list[_Row]:
             reader.fieldnames = header
             rows = []
             for rec in reader:
+                if all(not (v or "").strip() for k, v in rec.items() if k is not None) and None not in rec:
+                    continue  # blank line
                 rows.append(_parse_row(path, reader.line_num, rec, problems))
     except (UnicodeDecodeError, csv.Error) as e:
-        problems.append(f"{path}: cannot be parsed as a UTF-8 CSV ({e})")
+        problems.append(f"{path}: cannot be parsed as a UTF-8 CSV ({str(e)[:200]})")
+        return []
+    except OSError as e:
+        problems.append(f"{path}: cannot be read ({e.strerror or e})")
         return []
     rows = [r for r in rows if r is not None]
     if not rows and not problems:
@@ -227,10 +252,11 @@ def _parse_row(path: Path, line: int, rec: dict, problems: list[str]) -> _Row | 
     values = {}
     for col in ("superclass_index", "subclass_index"):
         raw = (rec.get(col) or "").strip()
-        try:
+        if INT.fullmatch(raw) and abs(int(raw)) < 2**31:
             values[col] = int(raw)
-        except ValueError:
-            problems.append(f"{path} line {line} (image {image!r}): {col} {raw!r} is not an integer")
+        else:
+            problems.append(f"{path} line {line} (image {str(image)[:80]!r}): {col} {raw[:40]!r} is not an integer "
+                            "(below 2^31)")
     if None in rec:  # more fields than header columns
         problems.append(f"{path} line {line}: more fields than header columns")
     if image is None or len(values) < 2:
@@ -258,15 +284,16 @@ def _check_rows(path: Path, rows: list[_Row], sup_level, sub_level, problems: li
                 bad = True
         if bad:
             continue
-        if r.image in seen:
-            first = seen[r.image]
+        key = os.path.normpath(r.image)
+        if key in seen:
+            first = seen[key]
             if (first.sup, first.sub) != (r.sup, r.sub):
                 problems.append(f"{where}: listed again with different labels (first at line {first.line}: "
                                 f"{first.sup},{first.sub}; here {r.sup},{r.sub})")
             else:
                 warnings.warn(f"{where}: duplicate of line {first.line}; ignored", stacklevel=3)
             continue
-        seen[r.image] = r
+        seen[key] = r
         if r.sub in parent and parent[r.sub][0] != r.sup:
             p_sup, p_line = parent[r.sub]
             problems.append(f"{where}: subclass {r.sub} listed under superclass {r.sup}, but under {p_sup} "
@@ -285,6 +312,8 @@ def read_layout(root: Path | str) -> tuple[Taxonomy | None, list[_Row], list[str
         return None, [], [f"{root}: dataset folder does not exist"]
     if not (root / TRAIN_DIR).is_dir():
         problems.append(f"{root / TRAIN_DIR}: image folder is missing")
+    elif not os.access(root / TRAIN_DIR, os.R_OK | os.X_OK):
+        problems.append(f"{root / TRAIN_DIR}: image folder cannot be read (permissions)")
     sup = read_level(root / SUPER_CSV, problems)
     sub = read_level(root / SUB_CSV, problems)
     rows = _read_train_csv(root / TRAIN_CSV, problems)
@@ -308,8 +337,8 @@ def load_dataset(root: Path | str, image_size: int = 64, use_cache: bool = True)
     paths, kept = [], []
     for r in rows:
         full, why = safe_image_path(images_dir, r.image)
-        if why is None and not full.is_file():
-            why = f"image {r.image!r} does not exist in {TRAIN_DIR}/"
+        if why is None:
+            why = _file_problem(full, r.image)
         if why:
             problems.append(f"{root / TRAIN_CSV} line {r.line}: {why}")
         else:
@@ -317,22 +346,41 @@ def load_dataset(root: Path | str, image_size: int = 64, use_cache: bool = True)
             kept.append(r)
     if problems:  # structural problems first: no point decoding
         raise DataError(problems)
-    imgs = decode_images(paths, image_size, use_cache)
+    imgs = decode_images(paths, image_size, use_cache, names=[r.image for r in kept])
     for r in kept:
         if r.image in imgs.failed:
             problems.append(f"{root / TRAIN_CSV} line {r.line}: image {r.image!r} cannot be decoded "
                             f"({imgs.failed[r.image]})")
     if problems:
         raise DataError(problems)
+    assert len(imgs.names) == len(kept), "decoded images and labels are out of step"
     notes += _conversion_notes(imgs, image_size)
-    listed = {p.name for p in paths}
-    extra = [n for n in os.listdir(images_dir) if n not in listed and not n.startswith(".")]
+    listed = {os.path.normpath(r.image) for r in kept}
+    try:
+        extra = [n for n in os.listdir(images_dir) if n not in listed and not n.startswith(".")
+                 and (images_dir / n).is_file()]
+    except OSError:
+        extra = []
+    unused = sorted(set(taxonomy.superclass.names) - {r.sup for r in kept})
+    if unused:
+        notes.append(f"superclass(es) {unused} of {SUPER_CSV} have no training images")
     if extra:
         notes.append(f"{len(extra)} file(s) in {TRAIN_DIR}/ are not listed in {TRAIN_CSV} (ignored), "
                      f"e.g. {sorted(extra)[:3]}")
     return Dataset(root, taxonomy, imgs.images, imgs.names,
                    torch.tensor([r.sup for r in kept], dtype=torch.int64),
                    torch.tensor([r.sub for r in kept], dtype=torch.int64), imgs.modes, imgs.sizes, notes)
+
+
+def _file_problem(full: Path, name: str) -> str | None:
+    try:
+        if full.is_file():
+            return None
+        if full.is_dir():
+            return f"image {name!r} is a directory, not a file"
+        return f"image {name!r} does not exist in {TRAIN_DIR}/"
+    except OSError as e:
+        return f"image {name!r} cannot be accessed ({e.strerror or e})"
 
 
 def _conversion_notes(imgs: ImageSet, size: int) -> list[str]:
@@ -351,7 +399,10 @@ def list_images(folder: Path | str) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError([f"{folder}: image folder does not exist"])
-    names = [n for n in os.listdir(folder) if not n.startswith(".") and (folder / n).is_file()]
+    try:
+        names = [n for n in os.listdir(folder) if not n.startswith(".") and (folder / n).is_file()]
+    except OSError as e:
+        raise DataError([f"{folder}: cannot be read ({e.strerror or e})"]) from None
     return [folder / n for n in sorted(names, key=numeric_key)]
 
 

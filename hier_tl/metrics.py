@@ -175,6 +175,8 @@ def score_predictions(pred_csv, labels_csv, novel_super: int, novel_sub: int) ->
     for lvl, col, novel in (("super", "superclass_index", novel_super), ("sub", "subclass_index", novel_sub)):
         t = torch.tensor(lab[col].to_numpy())
         p = torch.tensor(pred[col].to_numpy())
+        # a literal -1 in a file is just a wrong index, never "novel": map it out of the way first
+        p = torch.where(p == NOVEL, novel + 10**9, p)
         t, p = torch.where(t == novel, NOVEL, t), torch.where(p == novel, NOVEL, p)
         for k, v in accuracy(p, t).items():
             out[f"{lvl}_{k}"] = v

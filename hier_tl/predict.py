@@ -94,7 +94,7 @@ class Predictor:
         from .novelty import predict as rule
 
         size = self.size
-        sups, subs = [], []
+        sups, subs = [torch.empty(0, dtype=torch.int64)], [torch.empty(0, dtype=torch.int64)]
         t0 = time.time()
         for start in range(0, len(images), batch):
             a, b = infer(self.model, images[start:start + batch], self.norm, size, batch, self.precision)
@@ -128,6 +128,8 @@ def write_predictions(predictor: Predictor, images_dir: Path | str, out: Path | 
         imgs = load_images(images_dir, predictor.data_side)  # decoded as the training images were
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
+    if not imgs.names:
+        print(f"warning: no readable image in {images_dir}: writing a header-only CSV", file=sys.stderr)
     if imgs.failed:
         print(f"warning: {len(imgs.failed)} image(s) could not be read and have no prediction: "
               f"{', '.join(list(imgs.failed)[:10])}", file=sys.stderr)
@@ -158,9 +160,15 @@ def refit(results_dir: Path, trial: pd.Series, meta: dict, data_dir: str | None)
     thr = float(trial.get("final_threshold_super", math.nan))
     refit_cfg = cfg.replace(epochs=int(trial["epochs_run"]), val_fraction=0.0, holdout_subclasses=0,
                             holdout_superclasses=0, threshold=thr if math.isfinite(thr) else cfg.threshold)
+    thresholds = (thr, float(trial.get("final_threshold_sub", thr)))
     print(f"refit: {refit_cfg.backbone}/{refit_cfg.depth} for {refit_cfg.epochs} epochs on train + validation")
     data = prepare_data(sweep)
     out = results_dir / "refit" / str(trial["trial_id"])
     saved = {}
-    fit(refit_cfg, data, lambda m, save, o: saved.__setitem__("p", save(out)))
+    res = fit(refit_cfg, data, lambda m, save, o: saved.__setitem__("p", save(out)))
+    if all(math.isfinite(t) for t in thresholds):  # keep the per-level thresholds the sweep calibrated
+        ckpt = load_checkpoint(saved["p"])
+        ckpt["history"][-1].update(threshold_super=thresholds[0], threshold_sub=thresholds[1])
+        torch.save(ckpt, saved["p"])
+    del res
     return saved["p"]

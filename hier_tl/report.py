@@ -149,7 +149,7 @@ def write_report(results_dir, out_dir=None) -> tuple[pd.DataFrame, str]:
     meta = yaml.safe_load((d / "sweep.yaml").read_text()) if (d / "sweep.yaml").exists() else {}
     sched = meta.get("scheduler", {})
     metric, mode = sched.get("metric", "objective"), sched.get("mode", "max")
-    table = comparison_table(trials[trials.epochs_run > 0], metric, mode)
+    table = comparison_table(trials, metric, mode)  # variants whose every trial errored show as "-" rows
     state = sweep_state(trials)
     plots = {}
     if len(table) and len(epochs):

@@ -87,6 +87,8 @@ def make_split(ds: Dataset, val_fraction: float = 0.1, seed: int = 0,
         rows = torch.nonzero((ds.subclass == sub) & ~held).flatten().numpy()
         rows = rows[rng.permutation(len(rows))]
         n_val = int(round(val_fraction * len(rows)))
+        if val_fraction > 0 and len(rows) >= 2:
+            n_val = max(n_val, 1)  # every class is validated, however small
         n_val = min(n_val, len(rows) - 1)
         val.append(rows[:n_val].tolist())
         train.append(rows[n_val:].tolist())

@@ -113,7 +113,18 @@ class SweepConfig:
 
     @property
     def max_epochs(self) -> int:
-        return self.scheduler.max_epochs or self.train_config({}).epochs
+        """ASHA's horizon: the scheduler's, else the longest `epochs` any trial can get."""
+        values = [self.train_config({}).epochs]
+        for key, spec in self.space.items():
+            parts = key.split("+")
+            if "epochs" in parts:
+                (kind, args), = spec.items()
+                if kind in ("choice", "grid"):
+                    values += [v[parts.index("epochs")] if len(parts) > 1 else v for v in args]
+                else:
+                    values.append(args[1])
+        return self.scheduler.max_epochs or int(max(values))
+
     def train_config(self, sampled: dict[str, Any]) -> TrainConfig:
         return from_dict(TrainConfig, {**self.base, **expand(sampled)})
 

@@ -7,6 +7,7 @@ row whose class is `novel` gives that level's novel index. Nothing here assumes 
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,37 +39,47 @@ class Taxonomy:
 def read_level(path: Path, problems: list[str]) -> Level | None:
     """Parse a mapping CSV, appending one message per problem (file and line) to `problems`."""
     if not path.is_file():
-        problems.append(f"{path}: mapping file is missing")
+        problems.append(f"{path}: mapping file is {'a directory' if path.is_dir() else 'missing'}")
         return None
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
     except (UnicodeDecodeError, csv.Error) as e:
-        problems.append(f"{path}: cannot be read as a UTF-8 CSV ({e})")
+        problems.append(f"{path}: cannot be read as a UTF-8 CSV ({str(e)[:200]})")
         return None
-    if not rows:
+    except OSError as e:
+        problems.append(f"{path}: cannot be read ({e.strerror or e})")
+        return None
+    numbered = [(i, r) for i, r in enumerate(rows, start=1) if any(c.strip() for c in r)]  # skip blank lines
+    if not numbered:
         problems.append(f"{path}: empty file (expected header 'index,class')")
         return None
-    header = [h.strip().lower() for h in rows[0]]
+    header = [h.strip().lower() for h in numbered[0][1]]
     if "index" not in header or "class" not in header:
-        problems.append(f"{path} line 1: header must contain columns 'index' and 'class', found {rows[0]}")
+        problems.append(f"{path} line {numbered[0][0]}: header must contain columns 'index' and 'class', "
+                        f"found {numbered[0][1][:5]}")
+        return None
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        problems.append(f"{path} line 1: column(s) {', '.join(dup)} appear more than once")
         return None
     ii, ci = header.index("index"), header.index("class")
     names: dict[int, str] = {}
     novel: list[int] = []
     before = len(problems)
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(c.strip() for c in row):
-            continue
+    for line, row in numbered[1:]:
         if len(row) <= max(ii, ci):
             problems.append(f"{path} line {line}: expected columns index,class, got {row}")
             continue
         raw, name = row[ii].strip(), row[ci].strip()
-        try:
-            idx = int(raw)
-        except ValueError:
-            problems.append(f"{path} line {line}: index {raw!r} is not an integer")
+        if not re.fullmatch(r"-?[0-9]+", raw) or abs(int(raw)) >= 2**31:
+            problems.append(f"{path} line {line}: index {raw[:40]!r} is not an integer (below 2^31)")
             continue
+        idx = int(raw)
+        if not name:
+            problems.append(f"{path} line {line}: index {idx} has an empty class name")
+        elif name.lower() != NOVEL_NAME and name in names.values():
+            problems.append(f"{path} line {line}: class name {name[:80]!r} is used by two indices")
         if idx < 0:
             problems.append(f"{path} line {line}: index {idx} is negative")
         elif idx in names or idx in novel:

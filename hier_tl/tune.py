@@ -117,7 +117,7 @@ def _report(sweep: SweepConfig, m: dict, out, save) -> None:
     with tempfile.TemporaryDirectory() as d:
         if save is not None:
             save(Path(d))
-        tune.report({**_finite(m), "thresholds_json": json.dumps(rows)},
+        tune.report({**_finite(m, sweep.scheduler), "thresholds_json": json.dumps(rows)},
                     checkpoint=tune.Checkpoint.from_directory(d) if save is not None else None)
 
 
@@ -133,7 +133,7 @@ def _run_cache(sweep: SweepConfig, cfg):
 def _replay(cache, cfg, sweep: SweepConfig, extra: dict):
     """Report the cached epochs re-scored with this trial's novelty keys; returns the checkpoint to go on from
     ('done' when the cache already covers every epoch, None when there is nothing usable)."""
-    import shutil
+    import torch
 
     from .metrics import evaluate
     from .train import ALL_SCORES, load_checkpoint
@@ -145,12 +145,17 @@ def _replay(cache, cfg, sweep: SweepConfig, extra: dict):
     ckpt = load_checkpoint(ckpt_path)
     if int(ckpt["epoch"]) != epochs[-1]:  # written mid-epoch by a killed trial: train afresh
         return None
+    history = []
     for e in epochs:
         train_m, out = cache.load(e)
         m = {**train_m, **evaluate(out, out.space, cfg.novelty_score, cfg.threshold, ALL_SCORES),
-             "epoch_time": 0.0, "replayed": True, **extra}
-        last = e == epochs[-1]
-        _report(sweep, m, out, (lambda p, _c=ckpt_path: shutil.copy(_c, Path(p) / "checkpoint.pt")) if last else None)
+             "epoch_time": 0.0, "replayed": True}
+        history.append(m)
+        save = None
+        if e == epochs[-1]:  # the checkpoint as this trial's own: its config and its (re-scored) history
+            ckpt = {**ckpt, "config": cfg.to_dict(), "history": list(history)}
+            save = lambda p, _c=ckpt: torch.save(_c, Path(p) / "checkpoint.pt")  # noqa: E731
+        _report(sweep, {**m, **extra}, out, save)
     return "done" if epochs[-1] >= cfg.epochs else ckpt
 
 
@@ -166,9 +171,12 @@ def _cuda_name(device) -> str:
     return torch.cuda.get_device_name(device)
 
 
-def _finite(m: dict) -> dict:
-    """Tune's schedulers compare numbers: NaN (e.g. novel accuracy without novel images) becomes None."""
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
+def _finite(m: dict, sched) -> dict:
+    """NaN (e.g. novel accuracy without novel images) becomes None; the scheduler's metric, which Tune must
+    compare, becomes the worst value for its mode instead."""
+    worst = -math.inf if sched.mode == "max" else math.inf
+    return {k: ((worst if k == sched.metric else None) if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in m.items()}
 
 
 QUIET_ENV = {
@@ -210,11 +218,16 @@ class ResultsWriter(Callback):
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.started[trial.trial_id] = time.time()
         row = self._trial_row(trial)
-        row["status"] = "running"
+        row.update(status="running", wall_s_before=_num(row.get("wall_s"), 0.0))
         self._flush()
 
-    def on_trial_restore(self, iteration, trials, trial, **info) -> None:
-        self.started.setdefault(trial.trial_id, time.time())
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        """A failed attempt that `max_failures` retries from the last checkpoint: keep its time and error."""
+        row = self._trial_row(trial)
+        row.update(retries=int(_num(row.get("retries"), 0)) + 1, error=_error_text(trial))
+        if trial.trial_id in self.started:
+            row["wall_s"] = _num(row.get("wall_s_before"), 0.0) + time.time() - self.started.pop(trial.trial_id)
+        self._flush()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         tid, epoch = trial.trial_id, int(result["epoch"])
@@ -233,7 +246,10 @@ class ResultsWriter(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         row = self._trial_row(trial)
         planned = self.sweep.train_config(trial.config).epochs
-        row["status"] = "completed" if row.get("epochs_run", 0) >= planned else "stopped"
+        ran = int(_num(row.get("epochs_run"), 0))
+        row["status"] = "completed" if ran >= planned else ("stopped" if ran else "errored")
+        if not ran:
+            row["error"] = row.get("error") or "finished without reporting an epoch"
         self._close(trial, row)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -253,7 +269,7 @@ class ResultsWriter(Callback):
         if tid not in self.trials:
             cfg = self.sweep.train_config(trial.config)
             self.trials[tid] = {"trial_id": tid, "trial_dir": os.path.basename(str(trial.path or "")),
-                                "status": "pending", "error": None, "epochs_run": 0,
+                                "status": "pending", "error": None, "epochs_run": 0, "retries": 0,
                                 **config_columns(cfg), "wall_s": 0.0, "compute_s": 0.0}
         return self.trials[tid]
 
@@ -261,17 +277,17 @@ class ResultsWriter(Callback):
         tid = row["trial_id"]
         eps = sorted((e for (t, _), e in self.epochs.items() if t == tid), key=lambda e: e["epoch"])
         metric, sign = self.sweep.scheduler.metric, (1 if self.sweep.scheduler.mode == "max" else -1)
-        best = max(eps, key=lambda e: sign * _num(e.get(metric)))
+        best = max(eps, key=lambda e: sign * _num(e.get(metric), -sign * math.inf))
         last = eps[-1]
         row.update({f"final_{k}": v for k, v in last.items() if k not in ("trial_id", "epoch", "time")})
         row.update({f"best_{metric}": best.get(metric), "best_epoch": best["epoch"],
                     "compute_s": sum(_num(e.get("epoch_time"), 0.0) for e in eps)})
         if tid in self.started:
-            row["wall_s"] = row.get("wall_s_before", 0.0) + time.time() - self.started[tid]
+            row["wall_s"] = _num(row.get("wall_s_before"), 0.0) + time.time() - self.started[tid]
 
     def _close(self, trial, row: dict) -> None:
         if trial.trial_id in self.started:
-            row["wall_s"] = row.get("wall_s_before", 0.0) + time.time() - self.started.pop(trial.trial_id)
+            row["wall_s"] = _num(row.get("wall_s_before"), 0.0) + time.time() - self.started.pop(trial.trial_id)
             row["wall_s_before"] = row["wall_s"]
         self._flush()
         self._progress(force=True)
@@ -409,14 +425,14 @@ def build_tuner(sweep: SweepConfig, storage: Storage, data: Dataset, resume: boo
 
         search = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.seed))
     else:
-        search = BasicVariantGenerator(random_state=s.seed)
+        search = BasicVariantGenerator(random_state=s.seed, max_concurrent=sweep.max_concurrent)
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=sweep.max_epochs, grace_period=sc.grace_period,
                                reduction_factor=sc.reduction_factor) if sc.kind == "asha" else FIFOScheduler())
     return tune.Tuner(
         train_fn, param_space=param_space(sweep),
         tune_config=tune.TuneConfig(metric=sc.metric, mode=sc.mode, search_alg=search, scheduler=scheduler,
                                     num_samples=sweep.num_samples, reuse_actors=True,
-                                    max_concurrent_trials=sweep.max_concurrent or None),
+                                    max_concurrent_trials=(sweep.max_concurrent or None) if s.algo == "optuna" else None),
         run_config=tune.RunConfig(
             name=sweep.name, storage_path=storage.uri, verbose=0, callbacks=[ResultsWriter(storage, sweep)],
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
@@ -427,6 +443,8 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
               resume_cmd: str = "") -> "pandas.DataFrame":  # noqa: F821
     """Run (or resume) a sweep; returns trials.parquet as a DataFrame. Raises SweepError / DataError."""
     storage = Storage(sweep.storage, sweep.name)
+    if resume and not storage.exists("sweep.yaml"):
+        raise SweepError(f"nothing to resume at {storage.exp}: no sweep named {sweep.name!r} was started there")
     if not resume and storage.exists("trials.parquet"):
         raise SweepError(f"{storage.exp} already holds a sweep named {sweep.name!r}: pass --resume to continue "
                          "it, or --name NEW to start another")
@@ -437,7 +455,8 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
     sweep.storage = storage.uri  # absolute: trials run in other working directories
     try:
         check_cluster(sweep, storage)
-        storage.write_text("sweep.yaml", _sweep_yaml(sweep))
+        if not resume:  # a resumed sweep keeps the definition it started with
+            storage.write_text("sweep.yaml", _sweep_yaml(sweep))
         tuner = build_tuner(sweep, storage, data, resume)
         tuner.fit()
     finally:

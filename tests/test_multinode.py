@@ -1,6 +1,7 @@
 """The same sweep on a head + 2 worker nodes on 127.0.0.1 (cluster/local.sh), and surviving a lost node."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +37,7 @@ def cluster(tmp_path_factory):
         yield up.stdout.strip().splitlines()[-1], state, env
     finally:
         subprocess.run(["bash", str(ROOT / "cluster" / "local.sh"), "down"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def sweep_file(tmp_path, epochs, samples, max_failures=0) -> Path:
@@ -51,16 +53,18 @@ def sweep_file(tmp_path, epochs, samples, max_failures=0) -> Path:
     return p
 
 
-def hier_tl(args, env, **kw):
-    return subprocess.Popen([sys.executable, "-m", "hier_tl.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+def hier_tl(args, env, log: Path):
+    """The CLI in a subprocess, its output in a file (a pipe nobody reads could fill and block it)."""
+    f = open(log, "w")
+    return subprocess.Popen([sys.executable, "-m", "hier_tl.cli", *args], env={**env, "PYTHONUNBUFFERED": "1"},
+                            stdout=f, stderr=subprocess.STDOUT, text=True)
 
 
 def test_sweep_spreads_over_nodes_into_one_storage(cluster, tmp_path):
     address, _, env = cluster
-    proc = hier_tl(["sweep", str(sweep_file(tmp_path, 2, 4)), "--address", address], env)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
+    proc = hier_tl(["sweep", str(sweep_file(tmp_path, 2, 4)), "--address", address], env, tmp_path / "log")
+    proc.wait(timeout=300)
+    assert proc.returncode == 0, (tmp_path / "log").read_text()
     trials = pd.read_parquet(tmp_path / "results" / "mn" / "trials.parquet")
     assert len(trials) == 4 and (trials.status == "completed").all()
     assert trials.node_id.nunique() >= 2  # trials ran on more than one node
@@ -70,7 +74,8 @@ def test_sweep_spreads_over_nodes_into_one_storage(cluster, tmp_path):
 
 def test_lost_worker_node_trials_resume_elsewhere(cluster, tmp_path):
     address, state, env = cluster
-    proc = hier_tl(["sweep", str(sweep_file(tmp_path, 8, 2, max_failures=3)), "--address", address], env)
+    proc = hier_tl(["sweep", str(sweep_file(tmp_path, 12, 2, max_failures=3)), "--address", address], env,
+                   tmp_path / "log")
     epochs_file = tmp_path / "results" / "mn" / "epochs.parquet"
     victim_node = None
     t0 = time.time()
@@ -85,32 +90,35 @@ def test_lost_worker_node_trials_resume_elsewhere(cluster, tmp_path):
     assert victim_node, "no trial reported two epochs in time"
     before = pd.read_parquet(epochs_file)
     # kill the worker node (raylet and everything started from its temp dir) that runs that trial
-    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    killed = 0
-    for k in (1, 2):
+    ps = subprocess.run(["ps", "-ewwo", "pid=,args="], capture_output=True, text=True).stdout
+    killed, victims = 0, [k for k in (1, 2) if _node_runs(state, k, victim_node)]
+    assert len(victims) == 1, victims
+    for k in victims:
         node_dir = f"{state}/w{k}"
         pids = [int(line.split()[0]) for line in ps.splitlines() if node_dir in line]
-        if pids and _node_runs(state, k, victim_node):
+        if pids:
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
-    assert killed, "could not find the victim node's processes"
-    out, _ = proc.communicate(timeout=400)
-    assert proc.returncode == 0, out
+    assert killed, (victim_node, [str(p) for p in Path(state).glob("w*/session_*/logs/raylet.out")],
+                    [ln for ln in ps.splitlines() if str(state) in ln][:3])
+    proc.wait(timeout=400)
+    assert proc.returncode == 0, (tmp_path / "log").read_text()
     trials = pd.read_parquet(tmp_path / "results" / "mn" / "trials.parquet")
     after = pd.read_parquet(epochs_file)
     assert (trials.status == "completed").all()
     for tid, g in after.groupby("trial_id"):
-        assert sorted(g.epoch) == list(range(1, 9))  # no reported epoch lost or duplicated
+        assert sorted(g.epoch) == list(range(1, 13))  # no reported epoch lost or duplicated
     kept = before.merge(after, on=["trial_id", "epoch"], suffixes=("", "_after"))
     assert len(kept) == len(before) and (kept.time == kept.time_after).all()  # nothing reported was rewritten
     moved = after[(after.trial_id == before[before.node_id == victim_node].trial_id.iloc[0])]
     assert moved.node_id.nunique() == 2  # the interrupted trial finished on the other node
+    assert trials.retries.sum() >= 1 and trials.error.notna().any()  # the lost attempt is on record
 
 
 def _node_runs(state: Path, k: int, node_id_prefix: str) -> bool:
-    """Does worker k's session directory belong to the node with this id?"""
+    """Is worker k the node with this id? (its raylet logs its own id once as "Setting node ID")"""
     for f in Path(state, f"w{k}").glob("session_*/logs/raylet.out"):
-        if node_id_prefix in f.read_text(errors="ignore"):
+        if f"Setting node ID node_id={node_id_prefix}" in f.read_text(errors="ignore"):
             return True
     return False

@@ -150,3 +150,22 @@ def test_sigint_then_resume_keeps_finished_trials_and_ids(tmp_path):
         assert list(a.time) == list(b.time)
     for tid, g in after_epochs.groupby("trial_id"):  # no epoch lost or duplicated
         assert sorted(g.epoch) == [1, 2, 3, 4]
+
+
+def test_trials_differing_only_in_threshold_share_one_training_run(tmp_path):
+    p = tiny_sweep(tmp_path, search={"algo": "grid"}, scheduler={"kind": "none"}, num_samples=1,
+                   space={"threshold": {"grid": [0.3, 0.6, 0.9]}})
+    assert main(["sweep", str(p)]) == 0
+    exp = tmp_path / "results" / "t"
+    trials = pd.read_parquet(exp / "trials.parquet").sort_values("threshold")
+    epochs = pd.read_parquet(exp / "epochs.parquet")
+    assert (trials.status == "completed").all() and len(trials) == 3
+    replayed = epochs.groupby("trial_id").replayed.apply(lambda s: bool(s.fillna(False).all()))
+    assert replayed.sum() == 2  # one trial trained, the other two replayed its epochs
+    trained = replayed[~replayed].index[0]
+    assert trials.set_index("trial_id").loc[replayed[replayed].index, "compute_s"].max() == 0
+    # same network, so identical losses; different thresholds, so different novelty decisions
+    by_trial = epochs.pivot(index="epoch", columns="trial_id", values="val_loss")
+    assert (by_trial.nunique(axis=1) == 1).all()
+    assert trials.final_threshold_sub.nunique() == 3
+    assert trained in set(trials.trial_id)
