@@ -102,7 +102,35 @@ FAULTS = {
     "mapping_bad_header": (lambda d: rewrite_csv(d / "superclass_mapping.csv", lambda r: [["id", "name"]] + r[1:]),
                            "header"),
     "not_utf8": (lambda d: (d / "train_data.csv").write_bytes(b"image,superclass_index\n\xff\xfe,1\n"), "UTF-8"),
+    "undecodable_in_subfolder": (lambda d: _bad_in_subfolder(d), "sub/x.jpg"),
+    "duplicate_header_column": (lambda d: rewrite_csv(d / "train_data.csv", lambda r: [r[0][:3] + ["image"]] + r[1:]),
+                                "more than once"),
+    "lenient_integer": (lambda d: rewrite_csv(d / "train_data.csv", set_cell(2, "subclass_index", "0_3")),
+                        "not an integer"),
+    "huge_index": (lambda d: rewrite_csv(d / "train_data.csv", set_cell(2, "subclass_index", "9" * 30)),
+                   "not an integer"),
+    "nul_in_name": (lambda d: rewrite_csv(d / "train_data.csv", set_cell(2, "image", "a\x00.jpg")), "NUL"),
+    "image_is_a_directory": (lambda d: _dir_instead_of_image(d), "is a directory"),
+    "mapping_duplicate_class_name": (lambda d: rewrite_csv(d / "subclass_mapping.csv",
+                                                           lambda r: r[:2] + [[r[2][0], r[1][1]]] + r[3:]),
+                                     "used by two indices"),
+    "mapping_is_a_directory": (lambda d: (os.remove(d / "superclass_mapping.csv"),
+                                          os.mkdir(d / "superclass_mapping.csv")), "is a directory"),
+    "same_file_two_spellings": (lambda d: rewrite_csv(d / "train_data.csv", lambda r: r + [
+        ["./" + r[1][0], r[1][1], str((int(r[1][2]) + 1) % 9), ""]]), "different labels"),
 }
+
+
+def _bad_in_subfolder(d: Path):
+    (d / "train_images" / "sub").mkdir()
+    (d / "train_images" / "sub" / "x.jpg").write_bytes(b"junk")
+    rewrite_csv(d / "train_data.csv", lambda r: r + [["sub/x.jpg", r[1][1], r[1][2], ""]])
+
+
+def _dir_instead_of_image(d: Path):
+    name = _first_image(d)
+    os.remove(d / "train_images" / name)
+    os.mkdir(d / "train_images" / name)
 
 
 def _truncate(p: Path):
@@ -160,6 +188,15 @@ def test_many_problems_are_capped_with_a_count(synth_copy, capsys):
     assert main(["data", "check", str(synth_copy)]) == 2
     err = capsys.readouterr().err
     assert "and 94 more" in err
+
+
+def test_sixteen_bit_images_are_rescaled_not_clipped(synth_copy):
+    names = sorted(os.listdir(synth_copy / "train_images"), key=D.numeric_key)
+    arr = np.full((64, 64), 32768, dtype=np.uint16)  # mid-grey at 16 bits
+    Image.fromarray(arr).save(synth_copy / "train_images" / names[0], format="PNG")
+    ds = D.load_dataset(synth_copy)
+    i = ds.names.index(names[0])
+    assert 120 <= int(ds.images[i].float().mean()) <= 136
 
 
 def test_check_prints_a_summary(synth_dir, capsys):

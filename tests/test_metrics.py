@@ -60,6 +60,13 @@ def test_score_command_by_hand(synth_dir, tmp_path, capsys):
     assert "overall  75.00%  seen  50.00%  novel 100.00%" in out
 
 
+def test_score_a_literal_minus_one_is_not_novel(synth_dir, tmp_path, capsys):
+    labels = _csv(tmp_path / "l.csv", [("a.jpg", 3, 9)])
+    preds = _csv(tmp_path / "p.csv", [("a.jpg", -1, -1)])
+    assert main(["score", str(preds), str(labels), "--data", str(synth_dir)]) == 0
+    assert "novel   0.00%" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("rows,needle", [
     ([("a.jpg", 0, 1)], "no prediction"),
     ([("a.jpg", 0, 1), ("b.jpg", 1, 9), ("z.jpg", 1, 1)], "not in the labels"),

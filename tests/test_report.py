@@ -146,6 +146,16 @@ def test_predict_all_variants_and_trial_and_errors(sweep, tmp_path, capsys):
     assert main(["predict", str(tmp_path), "--images", str(data / "test_images"), "--out", str(out)]) == 2
 
 
+def test_predict_on_a_folder_without_readable_images(sweep, tmp_path, capsys):
+    results, _ = sweep
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "1.jpg").write_bytes(b"")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(results), "--images", str(tmp_path / "imgs"), "--out", str(out)]) == 0
+    assert out.read_text() == "image,superclass_index,subclass_index\n"
+    assert "no readable image" in capsys.readouterr().err
+
+
 def test_predict_with_refit(sweep, tmp_path):
     results, data = sweep
     out = tmp_path / "p.csv"

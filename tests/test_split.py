@@ -42,3 +42,9 @@ def test_impossible_holdout_is_refused(synth_ds):
         make_split(synth_ds, 0.1, holdout_subclasses=3)
     with pytest.raises(ValueError, match="leaves no superclass"):
         make_split(synth_ds, 0.1, holdout_superclasses=3)
+
+
+def test_every_class_gets_a_validation_image_however_small(synth_ds):
+    s = make_split(synth_ds, 0.01, seed=0)  # 1% of 16 rounds to 0: still one each
+    assert len(s.val) == 9 and set(synth_ds.subclass[s.val].tolist()) == set(range(9))
+    assert len(make_split(synth_ds, 0.0).val) == 0  # 0 means no validation (the refit case)

@@ -49,3 +49,11 @@ def test_smoke_and_overrides(tmp_path):
     s = load_sweep(p, smoke=True, overrides=["resources.gpu=0.5", "base.batch_size=16"], name="b")
     assert s.base == {"epochs": 1, "lr": 0.1, "batch_size": 16} and s.space == {"depth": {"choice": ["full"]}}
     assert s.resources.gpu == 0.5 and s.name == "b" and s.max_epochs == 1
+
+
+def test_asha_horizon_covers_sampled_epochs(tmp_path):
+    p = write(tmp_path, {"base": {"epochs": 10}, "space": {"epochs": {"choice": [5, 20]}}})
+    assert load_sweep(p).max_epochs == 20
+    p = write(tmp_path, {"base": {"epochs": 10}, "search": {"algo": "grid"},
+                         "space": {"backbone+epochs": {"grid": [["cnn", 3], ["cnn_tiny", 30]]}}})
+    assert load_sweep(p).max_epochs == 30

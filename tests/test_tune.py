@@ -169,3 +169,8 @@ def test_trials_differing_only_in_threshold_share_one_training_run(tmp_path):
     assert (by_trial.nunique(axis=1) == 1).all()
     assert trials.final_threshold_sub.nunique() == 3
     assert trained in set(trials.trial_id)
+    # a replayed trial's checkpoint is its own: predict uses its threshold, not the trained trial's
+    from hier_tl.predict import Predictor, trial_checkpoint
+    for t in trials[trials.trial_id.isin(replayed[replayed].index)].itertuples():
+        p = Predictor.from_checkpoint(trial_checkpoint(exp, pd.Series(t._asdict())))
+        assert p.thr_super == pytest.approx(float(t.threshold))
