@@ -25,6 +25,8 @@ class Outputs:
     super_target: torch.Tensor
     sub_target: torch.Tensor
     space: LabelSpace | None = None  # what the head positions mean
+    feats: torch.Tensor | None = None  # projection features (feature scores only)
+    bank: torch.Tensor | None = None  # training-set projection features (feature scores only)
 
     def logits(self, level: str) -> torch.Tensor:
         return self.super_logits if level == "super" else self.sub_logits
@@ -40,7 +42,11 @@ class Outputs:
     @classmethod
     def from_dict(cls, d: dict) -> "Outputs":
         space = LabelSpace.from_dict(d["space"]) if d.get("space") else None
-        return cls(d["super_logits"], d["sub_logits"], d["super_target"], d["sub_target"], space)
+        return cls(d["super_logits"], d["sub_logits"], d["super_target"], d["sub_target"], space,
+                   d.get("feats"), d.get("bank"))
+
+    def score(self, name: str, level: str) -> torch.Tensor:
+        return novelty.compute(name, self.logits(level), self.feats, self.bank)
 
 
 def accuracy(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -91,10 +97,9 @@ def objective(m: dict[str, float]) -> float:
 
 def thresholds_for(out: Outputs, score: str, spec: float | str) -> dict[str, float]:
     """Resolve a threshold spec per level; 'best' maximises that level's mean of seen and novel accuracy."""
-    fn = novelty.get_score(score)
     res = {}
     for lvl in LEVELS:
-        s, seen = fn(out.logits(lvl)), out.target(lvl) != NOVEL
+        s, seen = out.score(score, lvl), out.target(lvl) != NOVEL
         if spec == "best":
             res[lvl] = _best_threshold(s, seen) if (~seen).any() else novelty.resolve_threshold("tpr:0.95", s[seen])
         else:
@@ -115,18 +120,20 @@ def evaluate(out: Outputs, space: LabelSpace, score: str = "msp", threshold: flo
              scores: tuple[str, ...] = ()) -> dict[str, float]:
     """All validation metrics for one score/threshold, plus AUROC and FPR@95 of each score in `scores`."""
     thr = thresholds_for(out, score, threshold)
-    sup, sub = novelty.predict(out.super_logits, out.sub_logits, space, score, thr["super"], thr["sub"])
+    sup, sub = novelty.predict(out.super_logits, out.sub_logits, space, score, thr["super"], thr["sub"],
+                               out.feats, out.bank)
     m: dict[str, float] = {}
     for lvl, pred in (("super", sup), ("sub", sub)):
         for k, v in accuracy(pred, out.target(lvl)).items():
             m[f"{k.replace('acc', lvl + '_acc')}" if k != "acc" else f"{lvl}_acc"] = v
         m[f"threshold_{lvl}"] = thr[lvl]
     for name in dict.fromkeys((score, *scores)):
-        fn = novelty.get_score(name)
+        if name in novelty.FEATURE_SCORES and out.bank is None:
+            continue
         for lvl in LEVELS:
-            seen = out.target(lvl) != NOVEL
-            m[f"auroc_{lvl}_{name}"] = auroc(fn(out.logits(lvl)), seen)
-            m[f"fpr95_{lvl}_{name}"] = fpr_at_tpr(fn(out.logits(lvl)), seen)
+            seen, values = out.target(lvl) != NOVEL, out.score(name, lvl)
+            m[f"auroc_{lvl}_{name}"] = auroc(values, seen)
+            m[f"fpr95_{lvl}_{name}"] = fpr_at_tpr(values, seen)
     m["objective"] = objective(m)
     return m
 

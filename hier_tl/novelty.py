@@ -22,15 +22,30 @@ import torch
 from .config import ConfigError
 from .split import NOVEL, LabelSpace
 
-ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+ScoreFn = Callable[..., torch.Tensor]
 SCORES: dict[str, ScoreFn] = {}
+FEATURE_SCORES: set[str] = set()  # scores that need projection features and a bank of training features
 
 
-def register_score(name: str):
+def register_score(name: str, features: bool = False):
     def deco(fn: ScoreFn) -> ScoreFn:
         SCORES[name] = fn
+        if features:
+            FEATURE_SCORES.add(name)
         return fn
     return deco
+
+
+def compute(name: str, logits: torch.Tensor, feats: torch.Tensor | None = None,
+            bank: torch.Tensor | None = None) -> torch.Tensor:
+    """Score values for one level; feature scores ignore the logits and use (feats, bank)."""
+    fn = get_score(name)
+    if name in FEATURE_SCORES:
+        if feats is None or bank is None:
+            raise ValueError(f"novelty score {name!r} needs features and a training-feature bank "
+                             "(they are computed when the score is requested at training time)")
+        return fn(feats, bank)
+    return fn(logits)
 
 
 def get_score(name: str) -> ScoreFn:
@@ -57,6 +72,22 @@ def energy(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits.float(), -1)
 
 
+KNN_K = 10
+
+
+@register_score("knn", features=True)
+def knn(feats: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity to the k-th nearest training feature (k=10) of the shared projection:
+    a feature-space score (Sun et al., 2022), the same at both levels."""
+    f = torch.nn.functional.normalize(feats.float(), dim=1)
+    b = torch.nn.functional.normalize(bank.float(), dim=1)
+    k = min(KNN_K, len(b))
+    out = []
+    for start in range(0, len(f), 1024):
+        out.append((f[start:start + 1024] @ b.T).topk(k, dim=1).values[:, -1])
+    return torch.cat(out) if out else torch.empty(0)
+
+
 def resolve_threshold(spec: float | str, seen_scores: torch.Tensor) -> float:
     """A number, or 'tpr:P': the score that keeps a fraction P of the seen validation images as seen."""
     if isinstance(spec, (int, float)):
@@ -75,13 +106,13 @@ def resolve_threshold(spec: float | str, seen_scores: torch.Tensor) -> float:
 
 
 def predict(sup_logits: torch.Tensor, sub_logits: torch.Tensor, space: LabelSpace, score: str,
-            thr_sup: float, thr_sub: float) -> tuple[torch.Tensor, torch.Tensor]:
+            thr_sup: float, thr_sub: float, feats: torch.Tensor | None = None,
+            bank: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Head-space predictions with NOVEL (-1) where novel, following the hierarchy rule above."""
-    fn = get_score(score)
     sup = sup_logits.argmax(-1)
     parent = torch.tensor(space.sub_parent, device=sub_logits.device)
     inside = parent[None, :] == sup[:, None]
     sub = sub_logits.float().masked_fill(~inside, -math.inf).argmax(-1)
-    sup_novel = fn(sup_logits) < thr_sup
-    sub_novel = sup_novel | (fn(sub_logits) < thr_sub)
+    sup_novel = compute(score, sup_logits, feats, bank) < thr_sup
+    sub_novel = sup_novel | (compute(score, sub_logits, feats, bank) < thr_sub)
     return sup.masked_fill(sup_novel, NOVEL), sub.masked_fill(sub_novel, NOVEL)

@@ -77,6 +77,7 @@ class Predictor:
     thr_super: float
     thr_sub: float
     precision: str = "auto"
+    bank: torch.Tensor | None = None  # training features, for feature-space scores
 
     @classmethod
     def from_checkpoint(cls, path: Path | str, threshold: float | None = None, device: str = "cpu") -> "Predictor":
@@ -87,7 +88,7 @@ class Predictor:
         thr_sub = threshold if threshold is not None else last.get("threshold_sub", _number(cfg.threshold))
         side = int(ckpt.get("data_side", 64))
         return cls(model, space, norm, cfg.image_size or side, side, cfg.novelty_score, float(thr_sup), float(thr_sub),
-                   cfg.precision)
+                   cfg.precision, ckpt.get("bank"))
 
     def predict(self, images: torch.Tensor, batch: int = 512, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images -> mapping-file indices (novel indices where novel), both levels."""
@@ -97,8 +98,8 @@ class Predictor:
         sups, subs = [torch.empty(0, dtype=torch.int64)], [torch.empty(0, dtype=torch.int64)]
         t0 = time.time()
         for start in range(0, len(images), batch):
-            a, b = infer(self.model, images[start:start + batch], self.norm, size, batch, self.precision)
-            s, u = rule(a, b, self.space, self.score, self.thr_super, self.thr_sub)
+            a, b, f = infer(self.model, images[start:start + batch], self.norm, size, batch, self.precision)
+            s, u = rule(a, b, self.space, self.score, self.thr_super, self.thr_sub, f, self.bank)
             sups.append(s)
             subs.append(u)
             if progress:

@@ -24,10 +24,12 @@ from . import augment, metrics
 from .config import ConfigError, TrainConfig, from_dict
 from .data import Dataset
 from .metrics import Outputs
+from .novelty import FEATURE_SCORES
 from .models import Backbone, HierNet, build_model
 from .split import NOVEL, LabelSpace, make_split
 
-ALL_SCORES = ("msp", "maxlogit", "energy")
+ALL_SCORES = ("msp", "maxlogit", "energy")  # logit scores: free to compute at every epoch
+BANK_SIZE = 10000  # training images whose features feature scores (knn) compare against
 Report = Callable[[dict, Callable[[Path], Path], Outputs], None]
 
 
@@ -124,21 +126,25 @@ def train_one_epoch(model, opt, sched, X, y_sup, y_sub, idx, cfg: TrainConfig, n
 
 @torch.inference_mode()
 def infer(model: HierNet, X: torch.Tensor, norm, size: int, batch: int = 512,
-          precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of both heads for uint8 images X (on the model's device), in eval mode, as float32 on the CPU."""
+          precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(superclass logits, subclass logits, projection features) for uint8 images X, in eval mode, as
+    float32 on the CPU."""
     model.eval()
     device = next(model.parameters()).device
     bf16 = use_bf16(device, precision)
     sup = [torch.empty(0, model.super_head.out_features)]
     sub = [torch.empty(0, model.sub_head.out_features)]
+    feats = [torch.empty(0, model.super_head.in_features)]
     for start in range(0, len(X), batch):
         x = augment.to_input(X[start:start + batch].to(device), size, norm)
         x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, bf16):
-            a, b = model(x)
+            f = model.features(x)
+            a, b = model.super_head(f), model.sub_head(f)
         sup.append(a.float().cpu())
         sub.append(b.float().cpu())
-    return torch.cat(sup), torch.cat(sub)
+        feats.append(f.float().cpu())
+    return torch.cat(sup), torch.cat(sub), torch.cat(feats)
 
 
 def validation_loss(out: Outputs) -> float:
@@ -153,7 +159,7 @@ def validation_loss(out: Outputs) -> float:
 
 
 def save_checkpoint(path: Path, model, opt, sched, epoch: int, cfg: TrainConfig, space: LabelSpace,
-                    history: list[dict], norm, data_side: int) -> Path:
+                    history: list[dict], norm, data_side: int, bank: torch.Tensor | None = None) -> Path:
     """Atomic write of everything needed to resume or predict (loadable with weights_only=True)."""
     path = Path(path)
     if path.suffix != ".pt":
@@ -161,7 +167,8 @@ def save_checkpoint(path: Path, model, opt, sched, epoch: int, cfg: TrainConfig,
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "epoch": epoch, "config": cfg.to_dict(), "space": space.to_dict(), "history": history,
-             "norm": [list(norm[0]), list(norm[1])], "data_side": data_side, "rng": torch.get_rng_state(),
+             "norm": [list(norm[0]), list(norm[1])], "data_side": data_side, "bank": bank,
+             "rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     torch.save(state, tmp)
@@ -223,9 +230,15 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
         start, history = _restore(resume if isinstance(resume, dict) else load_checkpoint(resume), model, opt, sched)
     va_dev = va.to(device)
 
+    want_bank = bool({cfg.novelty_score, *scores} & FEATURE_SCORES)
+
     def validate() -> Outputs:
-        sup_l, sub_l = infer(model, X[va_dev], bb.norm, size, cfg.eval_batch_size, cfg.precision)
-        return Outputs(sup_l, sub_l, y_sup[va_dev].cpu(), y_sub[va_dev].cpu(), space)
+        sup_l, sub_l, feats = infer(model, X[va_dev], bb.norm, size, cfg.eval_batch_size, cfg.precision)
+        bank = None
+        if want_bank:  # training features, unaugmented, for feature-space novelty scores
+            bank = infer(model, X[tr[:BANK_SIZE]], bb.norm, size, cfg.eval_batch_size, cfg.precision)[2]
+        return Outputs(sup_l, sub_l, y_sup[va_dev].cpu(), y_sub[va_dev].cpu(), space,
+                       feats if want_bank else None, bank)
 
     out = None
     for epoch in range(start, cfg.epochs):
@@ -243,8 +256,8 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
                  images_per_s=len(tr) / train_time, lr=sched.get_last_lr()[0])
         history.append(m)
         if report is not None:
-            def save(path, _e=epoch + 1, _h=list(history)):
-                return save_checkpoint(path, model, opt, sched, _e, cfg, space, _h, bb.norm, X.shape[-1])
+            def save(path, _e=epoch + 1, _h=list(history), _b=out.bank):
+                return save_checkpoint(path, model, opt, sched, _e, cfg, space, _h, bb.norm, X.shape[-1], _b)
             report(m, save, out)
     if out is None:  # resumed after the last epoch: evaluate once so callers get outputs
         out = validate()

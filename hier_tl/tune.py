@@ -104,10 +104,16 @@ def trainable(sampled: dict, *, sweep: SweepConfig, data: Dataset) -> None:
     try:
         if cache is not None:
             cache.acquire()
-        fit(cfg, data, report, resume=resume)
+        fit(cfg, data, report, resume=resume, scores=_scores(sweep))
     finally:
         if cache is not None:
             cache.release()
+
+
+def _scores(sweep: SweepConfig) -> tuple[str, ...]:
+    from .train import ALL_SCORES
+
+    return tuple(dict.fromkeys((*ALL_SCORES, *sweep.novelty.scores)))
 
 
 def _report(sweep: SweepConfig, m: dict, out, save) -> None:
@@ -136,7 +142,7 @@ def _replay(cache, cfg, sweep: SweepConfig, extra: dict):
     import torch
 
     from .metrics import evaluate
-    from .train import ALL_SCORES, load_checkpoint
+    from .train import load_checkpoint
 
     epochs = [e for e in cache.epochs() if e <= cfg.epochs]
     ckpt_path = cache.checkpoint()
@@ -148,7 +154,7 @@ def _replay(cache, cfg, sweep: SweepConfig, extra: dict):
     history = []
     for e in epochs:
         train_m, out = cache.load(e)
-        m = {**train_m, **evaluate(out, out.space, cfg.novelty_score, cfg.threshold, ALL_SCORES),
+        m = {**train_m, **evaluate(out, out.space, cfg.novelty_score, cfg.threshold, _scores(sweep)),
              "epoch_time": 0.0, "replayed": True}
         history.append(m)
         save = None

@@ -55,3 +55,13 @@ def test_threshold_specs():
         novelty.resolve_threshold("tpr:1.5", seen)
     with pytest.raises(Exception, match="unknown novelty score"):
         novelty.get_score("odin")
+
+
+def test_knn_scores_by_distance_to_the_kth_training_feature():
+    bank = torch.eye(4).repeat(10, 1)  # 40 training features: each axis ten times
+    near = torch.tensor([[1.0, 0.01, 0, 0]])
+    far = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
+    assert novelty.knn(near, bank) > novelty.knn(far, bank)
+    assert "knn" in novelty.FEATURE_SCORES
+    with pytest.raises(ValueError, match="needs features"):
+        novelty.compute("knn", torch.zeros(1, 2))

@@ -80,3 +80,16 @@ def test_train_command_writes_the_run_folder(synth_dir, tmp_path, capsys):
 def test_train_command_rejects_unknown_keys(synth_dir, tmp_path, capsys):
     assert main(["train", "--data", str(synth_dir), "--out", str(tmp_path), "--set", "lern_rate=1"]) == 2
     assert "lern_rate" in capsys.readouterr().err
+
+
+def test_feature_score_knn_end_to_end(synth_ds, tmp_path):
+    saved = {}
+    res = fit(TrainConfig(epochs=1, novelty_score="knn", threshold="tpr:0.95", holdout_subclasses=1, **FAST),
+              synth_ds, lambda m, save, out: saved.__setitem__("p", save(tmp_path)))
+    m = res.history[-1]
+    assert 0 <= m["auroc_sub_knn"] <= 1 and res.outputs.bank is not None
+    from hier_tl.predict import Predictor
+    p = Predictor.from_checkpoint(saved["p"])
+    assert p.bank is not None and p.score == "knn"
+    sup, sub = p.predict(synth_ds.images[:10], progress=False)
+    assert len(sup) == 10
