@@ -24,10 +24,10 @@ RUNS = {
     "cnn15": dict(backbone="cnn", epochs=15),
     "openset_sub": dict(backbone="cnn", epochs=15, holdout_subclasses=3),
     "openset_super": dict(backbone="cnn", epochs=15, holdout_superclasses=1),
-    "lite0_imagenet": dict(backbone="efficientnet_lite0", weights="imagenet", depth="full", epochs=8,
-                           image_size=128, lr=1e-3, batch_size=64),
-    "lite0_scratch": dict(backbone="efficientnet_lite0", weights="none", depth="full", epochs=8,
-                          image_size=128, lr=1e-3, batch_size=64),
+    "lite0_imagenet": dict(backbone="efficientnet_lite0", weights="imagenet", depth="full", epochs=5,
+                           image_size=96, lr=1e-3, batch_size=64),
+    "lite0_scratch": dict(backbone="efficientnet_lite0", weights="none", depth="full", epochs=5,
+                          image_size=96, lr=1e-3, batch_size=64),
 }
 RULES = ("tpr:0.95", "tpr:0.9", "best", 0.6)
 
