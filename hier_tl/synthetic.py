@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+GENERATOR_VERSION = 2  # bump when the images change, so cached synthetic sets are regenerated
 SHAPES = ["ellipse", "square", "triangle", "star", "cross", "hexagon", "diamond", "ring"]
 TEXTURES = ["solid", "stripes", "dots", "checks"]
 
@@ -99,7 +100,9 @@ def draw(rng: np.random.Generator, shape: str, hue: float, texture: str, size: i
 def _classes(spec: SynthSpec, rng: np.random.Generator):
     """(super, local sub) -> (shape, hue, texture); subclass indices shuffled across superclasses."""
     m = spec.subs_per_super + spec.novel_subs_per_super
-    style = {(s, j): (SHAPES[s], j / m, TEXTURES[j % len(TEXTURES)]) for s in range(spec.n_super + 1) for j in range(m)}
+    # each superclass owns a band of hues; its subclasses differ by hue within the band and by texture
+    style = {(s, j): (SHAPES[s], (s + (j + 0.5) / m) / (spec.n_super + 1), TEXTURES[j % len(TEXTURES)])
+             for s in range(spec.n_super + 1) for j in range(m)}
     known = [(s, j) for s in range(spec.n_super) for j in range(spec.subs_per_super)]
     order = rng.permutation(len(known))
     sub_index = {known[k]: int(i) for i, k in enumerate(order)}

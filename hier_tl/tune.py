@@ -361,10 +361,10 @@ def prepare_data(sweep: SweepConfig) -> Dataset:
     import hashlib
 
     from .data import cache_dir
-    from .synthetic import SynthSpec, synthesize
+    from .synthetic import GENERATOR_VERSION, SynthSpec, synthesize
 
     spec = SynthSpec(**dataclasses.asdict(sweep.synthetic))
-    key = hashlib.sha256(repr(spec).encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{GENERATOR_VERSION}|{spec!r}".encode()).hexdigest()[:16]
     root = cache_dir() / "synthetic" / key
     if not (root / ".complete").exists():
         tmp = root.with_name(f"{key}.{os.getpid()}.tmp")
