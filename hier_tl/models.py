@@ -132,36 +132,32 @@ def _torchvision_weights(module: nn.Module, weights_enum, drop: tuple[str, ...])
     module.load_state_dict(sd, strict=True)
 
 
-@register_backbone("resnet18", imagenet=True)
-def resnet18(weights: str) -> Backbone:
-    from torchvision.models import ResNet18_Weights
-    from torchvision.models import resnet18 as make
-
+def _torchvision(make, weights_enum, head: str, dim: int, last_stage: list[str], weights: str) -> Backbone:
+    """A torchvision classifier with its head (`fc` / `classifier`) replaced by the identity."""
     m = make(weights=None)
-    m.fc = nn.Identity()
+    setattr(m, head, nn.Identity())
     norm = HALF
     if weights == "imagenet":
-        _torchvision_weights(m, ResNet18_Weights.IMAGENET1K_V1, drop=("fc.",))
+        _torchvision_weights(m, weights_enum, drop=(head + ".",))
         norm = IMAGENET
     elif weights != "none":
         _load_path(m, weights)
-    return Backbone(m, 512, ["layer4"], norm)
+    return Backbone(m, dim, last_stage, norm)
+
+
+@register_backbone("resnet18", imagenet=True)
+def resnet18(weights: str) -> Backbone:
+    from torchvision.models import ResNet18_Weights, resnet18 as make
+
+    return _torchvision(make, ResNet18_Weights.IMAGENET1K_V1, "fc", 512, ["layer4"], weights)
 
 
 @register_backbone("efficientnet_b0", imagenet=True)
 def efficientnet_b0(weights: str) -> Backbone:
-    from torchvision.models import EfficientNet_B0_Weights
-    from torchvision.models import efficientnet_b0 as make
+    from torchvision.models import EfficientNet_B0_Weights, efficientnet_b0 as make
 
-    m = make(weights=None)
-    m.classifier = nn.Identity()
-    norm = HALF
-    if weights == "imagenet":
-        _torchvision_weights(m, EfficientNet_B0_Weights.IMAGENET1K_V1, drop=("classifier.",))
-        norm = IMAGENET
-    elif weights != "none":
-        _load_path(m, weights)
-    return Backbone(m, 1280, ["features.7", "features.8"], norm)
+    return _torchvision(make, EfficientNet_B0_Weights.IMAGENET1K_V1, "classifier", 1280,
+                        ["features.7", "features.8"], weights)
 
 
 def lite0_imagenet_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
