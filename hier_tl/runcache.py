@@ -19,7 +19,7 @@ from .config import TrainConfig
 from .metrics import Outputs
 from .sweep import NOVELTY_KEYS
 
-TRAINING_KEYS = ("epoch", "train_loss", "val_loss", "train_time", "images_per_s", "lr")
+TRAINING_KEYS = ("epoch", "train_loss", "val_loss", "train_time", "images_per_s", "current_lr")
 
 
 class RunCache:

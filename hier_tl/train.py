@@ -253,7 +253,7 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
         m = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": validation_loss(out)}
         m.update(metrics.evaluate(out, space, cfg.novelty_score, cfg.threshold, scores))
         m.update(epoch_time=time.perf_counter() - t0, train_time=train_time,
-                 images_per_s=len(tr) / train_time, lr=sched.get_last_lr()[0])
+                 images_per_s=len(tr) / train_time, current_lr=sched.get_last_lr()[0])
         history.append(m)
         if report is not None:
             def save(path, _e=epoch + 1, _h=list(history), _b=out.bank):

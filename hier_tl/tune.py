@@ -208,6 +208,7 @@ class ResultsWriter(Callback):
         self.thresholds: dict[tuple, dict] = {}
         self.t0 = self.last_print = time.time()
         self.started: dict[str, float] = {}
+        self._ctx: dict[str, dict] = {}
         super().__init__()
 
     # -- Tune hooks (the names and signatures Tune calls) --
@@ -239,9 +240,12 @@ class ResultsWriter(Callback):
         tid, epoch = trial.trial_id, int(result["epoch"])
         rows = json.loads(result.pop("thresholds_json", "[]"))
         metrics = {k: v for k, v in result.items() if _is_metric(k, v)}
-        self.epochs[(tid, epoch)] = {"trial_id": tid, **metrics, "time": time.time()}
+        ctx = self._context(trial)  # every row carries its resolved config, seed and code version
+        self.epochs[(tid, epoch)] = {"trial_id": tid, **ctx, **metrics, "time": time.time()}
         for r in rows:
-            self.thresholds[(tid, epoch, r["score"], r["threshold"])] = {"trial_id": tid, "epoch": epoch, **r}
+            self.thresholds[(tid, epoch, r["score"], r["threshold"])] = {
+                "trial_id": tid, "epoch": epoch, **r, **{k: v for k, v in ctx.items() if k != "threshold"},
+                "trial_threshold": ctx["threshold"]}
         row = self._trial_row(trial)
         row.update(status="running", epochs_run=epoch, node=result.get("node"), node_id=result.get("node_id"),
                    device=result.get("device"))
@@ -270,6 +274,11 @@ class ResultsWriter(Callback):
         self._flush()
 
     # -- helpers --
+    def _context(self, trial) -> dict:
+        if trial.trial_id not in self._ctx:
+            self._ctx[trial.trial_id] = config_columns(self.sweep.train_config(trial.config))
+        return self._ctx[trial.trial_id]
+
     def _trial_row(self, trial) -> dict:
         tid = trial.trial_id
         if tid not in self.trials:

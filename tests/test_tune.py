@@ -51,6 +51,10 @@ def test_sweep_writes_parquet_matching_what_trials_reported(tmp_path, capsys):
                 "compute_s", "node", "device", "hier_tl_version", "git_commit", "best_objective", "final_objective"):
         assert col in trials, col
     assert (trials.device == "cpu").all() and trials.lr.between(1e-3, 1e-2).all()
+    for table in (epochs, thresholds):  # every row carries its resolved config, seed and code version
+        assert {"backbone", "lr", "mixup_alpha", "seed", "hier_tl_version", "git_commit"} <= set(table.columns)
+    merged = epochs.merge(trials[["trial_id", "lr"]], on="trial_id", suffixes=("", "_trial"))
+    assert (merged.lr == merged.lr_trial).all() and "current_lr" in epochs
     # every reported epoch is there once, numbered 1..epochs_run
     for t in trials.itertuples():
         got = sorted(epochs[epochs.trial_id == t.trial_id].epoch)
