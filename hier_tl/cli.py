@@ -39,7 +39,7 @@ def cmd_data_check(args) -> int:
     print(f"  image sizes: {_fmt(ds.sizes)}; modes: {_fmt(ds.modes)}")
     test_dir = Path(args.dir) / TEST_DIR
     if test_dir.is_dir():
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
             imgs = load_images(test_dir, args.image_size)
         n_files = len(list_images(test_dir))

@@ -25,7 +25,7 @@ from .config import ConfigError, TrainConfig, from_dict
 from .data import Dataset
 from .metrics import Outputs
 from .novelty import FEATURE_SCORES
-from .models import Backbone, HierNet, build_model
+from .models import HierNet, build_model
 from .split import NOVEL, LabelSpace, make_split
 
 ALL_SCORES = ("msp", "maxlogit", "energy")  # logit scores: free to compute at every epoch

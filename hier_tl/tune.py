@@ -15,17 +15,14 @@ import json
 import math
 import os
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from ray.tune import Callback
 
 from . import code_version
 
-from .config import ConfigError, dump_yaml
 from .data import Dataset, load_dataset
 from .metrics import evaluate
 from .results import config_columns

@@ -1,7 +1,5 @@
 """End-to-end sweeps on an embedded local Ray (inside the loopback-only namespace in CI)."""
 
-import json
-import os
 import signal
 import subprocess
 import sys
