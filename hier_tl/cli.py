@@ -135,13 +135,16 @@ def cmd_sweep(args) -> int:
 
     if args.resume and not args.name:
         raise UserError("--resume needs --name NAME: the name printed when the sweep started (or was interrupted)")
-    sweep = load_sweep(args.sweep, smoke=args.smoke, overrides=args.set, name=args.name, storage=args.storage,
+    import os
+
+    storage = args.storage or os.environ.get("HIER_TL_STORAGE")  # set on the nodes by cluster/*.yaml
+    sweep = load_sweep(args.sweep, smoke=args.smoke, overrides=args.set, name=args.name, storage=storage,
                        data=args.data)
-    if not args.name and not args.resume and Storage(sweep.storage, sweep.name).exists("trials.parquet"):
+    if not args.name and Storage(sweep.storage, sweep.name).exists("trials.parquet"):
         sweep.name = f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"a sweep named after this file already exists in {sweep.storage}: this one is {sweep.name!r}")
     argv = ["hier-tl", "sweep", args.sweep, "--name", sweep.name] + (["--smoke"] if args.smoke else []) + \
-        [f"--{k}={v}" for k, v in (("data", args.data), ("storage", args.storage), ("address", args.address)) if v] + \
+        [f"--{k}={v}" for k, v in (("data", args.data), ("storage", storage), ("address", args.address)) if v] + \
         [f"--set={x}" for x in args.set]
     try:
         trials = run_sweep(sweep, args.address, args.resume, " ".join(shlex.quote(a) for a in argv))
@@ -291,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--data", help="dataset folder (overrides the file's `data`)")
     sw.add_argument("--name", help="sweep name (default: the file's `name`, made unique if taken)")
     sw.add_argument("--address", help="join an existing Ray cluster (e.g. auto, or 127.0.0.1:6379)")
-    sw.add_argument("--storage", help="results root: a folder or s3://bucket/prefix, gs://...")
+    sw.add_argument("--storage", help="results root: a folder or s3://bucket/prefix, gs://... "
+                    "(default: $HIER_TL_STORAGE, else the file's `storage`)")
     sw.add_argument("--smoke", action="store_true", help="apply the file's `smoke:` overrides (about a minute on CPU)")
     sw.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -166,10 +166,9 @@ def refit(results_dir: Path, trial: pd.Series, meta: dict, data_dir: str | None)
     data = prepare_data(sweep)
     out = results_dir / "refit" / str(trial["trial_id"])
     saved = {}
-    res = fit(refit_cfg, data, lambda m, save, o: saved.__setitem__("p", save(out)))
+    fit(refit_cfg, data, lambda m, save, o: saved.__setitem__("p", save(out)))
     if all(math.isfinite(t) for t in thresholds):  # keep the per-level thresholds the sweep calibrated
         ckpt = load_checkpoint(saved["p"])
         ckpt["history"][-1].update(threshold_super=thresholds[0], threshold_sub=thresholds[1])
         torch.save(ckpt, saved["p"])
-    del res
     return saved["p"]

@@ -49,7 +49,6 @@ def test_cache_is_invalidated_when_an_image_changes(synth_copy):
     img = synth_copy / "train_images" / first.names[0]
     Image.new("RGB", (64, 64), (255, 0, 0)).save(img)
     second = D.load_dataset(synth_copy)
-    assert (second.images[0] == second.images[0, :, :1, :1]).all() is not None
     assert not (first.images[0] == second.images[0]).all()
     assert (second.images[0, 0] > 200).all()
 
