@@ -124,8 +124,8 @@ def evaluate(out: Outputs, space: LabelSpace, score: str = "msp", threshold: flo
                                out.feats, out.bank)
     m: dict[str, float] = {}
     for lvl, pred in (("super", sup), ("sub", sub)):
-        for k, v in accuracy(pred, out.target(lvl)).items():
-            m[f"{k.replace('acc', lvl + '_acc')}" if k != "acc" else f"{lvl}_acc"] = v
+        acc = accuracy(pred, out.target(lvl))
+        m.update({f"{lvl}_acc": acc["acc"], f"seen_{lvl}_acc": acc["seen_acc"], f"novel_{lvl}_acc": acc["novel_acc"]})
         m[f"threshold_{lvl}"] = thr[lvl]
     for name in dict.fromkeys((score, *scores)):
         if name in novelty.FEATURE_SCORES and out.bank is None:

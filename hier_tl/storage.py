@@ -34,6 +34,11 @@ class Storage:
         """The experiment folder (for Ray: storage_path=self.uri, name=self.name)."""
         return f"{self.root}/{self.name}"
 
+    @property
+    def ray_path(self) -> str:
+        """The experiment folder as Ray Tune names it (a local path, or the URI with its scheme)."""
+        return self.exp if self.is_local else f"{self.uri}/{self.name}"
+
     def path(self, filename: str) -> str:
         return f"{self.exp}/{filename}"
 

@@ -426,10 +426,9 @@ def build_tuner(sweep: SweepConfig, storage: Storage, data: Dataset, resume: boo
     train_fn = tune.with_resources(tune.with_parameters(trainable, sweep=sweep, data=data),
                                    {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
     if resume:
-        if not tune.Tuner.can_restore(storage.exp if storage.is_local else f"{storage.uri}/{storage.name}"):
+        if not tune.Tuner.can_restore(storage.ray_path):
             raise SweepError(f"nothing to resume at {storage.exp}: no sweep named {storage.name!r} was started there")
-        return tune.Tuner.restore(storage.exp if storage.is_local else f"{storage.uri}/{storage.name}",
-                                  train_fn, resume_unfinished=True, resume_errored=False)
+        return tune.Tuner.restore(storage.ray_path, train_fn, resume_unfinished=True, resume_errored=False)
     sc, s = sweep.scheduler, sweep.search
     if s.algo == "optuna":
         import optuna
