@@ -29,6 +29,10 @@ RUNS = {
     "lite0_scratch": dict(backbone="efficientnet_lite0", weights="none", depth="full", epochs=5,
                           image_size=96, lr=1e-3, batch_size=64),
 }
+LITE0 = dict(backbone="efficientnet_lite0", weights="imagenet", depth="full", epochs=5, image_size=96, lr=1e-3,
+             batch_size=64)
+RUNS.update(lite0_openset_sub={**LITE0, "holdout_subclasses": 3},
+            lite0_openset_super={**LITE0, "holdout_superclasses": 1})
 RULES = ("tpr:0.95", "tpr:0.9", "best", 0.6)
 
 

@@ -58,6 +58,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with native bf16) | bf16 | fp32
     eval_batch_size: int = 512  # images per step at evaluation
+    tta: bool = False  # evaluate on each image and its mirror image, averaging the projection features
 
     def validate(self) -> None:
         from .models import BACKBONES  # registries, imported late to avoid a cycle

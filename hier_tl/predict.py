@@ -78,6 +78,7 @@ class Predictor:
     thr_sub: float
     precision: str = "auto"
     bank: torch.Tensor | None = None  # training features, for feature-space scores
+    tta: bool = False  # mirror-image averaging, as the model was validated
 
     @classmethod
     def from_checkpoint(cls, path: Path | str, threshold: float | None = None, device: str = "cpu") -> "Predictor":
@@ -88,7 +89,7 @@ class Predictor:
         thr_sub = threshold if threshold is not None else last.get("threshold_sub", _number(cfg.threshold))
         side = int(ckpt.get("data_side", 64))
         return cls(model, space, norm, cfg.image_size or side, side, cfg.novelty_score, float(thr_sup), float(thr_sub),
-                   cfg.precision, ckpt.get("bank"))
+                   cfg.precision, ckpt.get("bank"), cfg.tta)
 
     def predict(self, images: torch.Tensor, batch: int = 512, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images -> mapping-file indices (novel indices where novel), both levels."""
@@ -98,7 +99,8 @@ class Predictor:
         sups, subs = [torch.empty(0, dtype=torch.int64)], [torch.empty(0, dtype=torch.int64)]
         t0 = time.time()
         for start in range(0, len(images), batch):
-            a, b, f = infer(self.model, images[start:start + batch], self.norm, size, batch, self.precision)
+            a, b, f = infer(self.model, images[start:start + batch], self.norm, size, batch, self.precision,
+                            self.tta)
             s, u = rule(a, b, self.space, self.score, self.thr_super, self.thr_sub, f, self.bank)
             sups.append(s)
             subs.append(u)

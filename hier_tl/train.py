@@ -126,9 +126,10 @@ def train_one_epoch(model, opt, sched, X, y_sup, y_sub, idx, cfg: TrainConfig, n
 
 @torch.inference_mode()
 def infer(model: HierNet, X: torch.Tensor, norm, size: int, batch: int = 512,
-          precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+          precision: str = "auto", tta: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(superclass logits, subclass logits, projection features) for uint8 images X, in eval mode, as
-    float32 on the CPU."""
+    float32 on the CPU. `tta` averages the features of each image and its mirror image (the heads are
+    linear, so the logits are averaged too)."""
     model.eval()
     device = next(model.parameters()).device
     bf16 = use_bf16(device, precision)
@@ -140,6 +141,8 @@ def infer(model: HierNet, X: torch.Tensor, norm, size: int, batch: int = 512,
         x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, bf16):
             f = model.features(x)
+            if tta:
+                f = (f + model.features(x.flip(3))) / 2
             a, b = model.super_head(f), model.sub_head(f)
         sup.append(a.float().cpu())
         sub.append(b.float().cpu())
@@ -233,10 +236,11 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
     want_bank = bool({cfg.novelty_score, *scores} & FEATURE_SCORES)
 
     def validate() -> Outputs:
-        sup_l, sub_l, feats = infer(model, X[va_dev], bb.norm, size, cfg.eval_batch_size, cfg.precision)
+        sup_l, sub_l, feats = infer(model, X[va_dev], bb.norm, size, cfg.eval_batch_size, cfg.precision, cfg.tta)
         bank = None
         if want_bank:  # training features, unaugmented, for feature-space novelty scores
-            bank = infer(model, X[tr[:BANK_SIZE]], bb.norm, size, cfg.eval_batch_size, cfg.precision)[2]
+            bank = infer(model, X[tr[:BANK_SIZE]], bb.norm, size, cfg.eval_batch_size, cfg.precision,
+                         cfg.tta)[2]
         return Outputs(sup_l, sub_l, y_sup[va_dev].cpu(), y_sub[va_dev].cpu(), space,
                        feats if want_bank else None, bank)
 

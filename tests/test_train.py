@@ -44,6 +44,18 @@ def test_checkpoint_round_trip_gives_identical_logits(synth_ds, tmp_path):
     assert space == res.space and cfg.backbone == "cnn_tiny"
 
 
+def test_tta_averages_each_image_with_its_mirror_image(synth_ds):
+    res = fit(TrainConfig(epochs=1, precision="fp32", **FAST), synth_ds)
+    x = synth_ds.images[:12]
+    plain, mirrored = infer(res.model, x, res.norm, 64, precision="fp32"), infer(res.model, x.flip(3), res.norm, 64, precision="fp32")
+    both = infer(res.model, x, res.norm, 64, precision="fp32", tta=True)
+    for i in range(3):  # superclass logits, subclass logits, features
+        torch.testing.assert_close(both[i], (plain[i] + mirrored[i]) / 2, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(both[1], plain[1])  # a mirror image is not the same input
+    # the same images mirrored give the same TTA output: the prediction no longer depends on the side
+    torch.testing.assert_close(infer(res.model, x.flip(3), res.norm, 64, precision="fp32", tta=True)[1], both[1], rtol=1e-4, atol=1e-5)
+
+
 def test_resume_continues_from_the_checkpoint_exactly(synth_ds, tmp_path):
     cfg = TrainConfig(epochs=3, mixup_alpha=0.2, **FAST)
     full = fit(cfg, synth_ds)
