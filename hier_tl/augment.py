@@ -35,17 +35,20 @@ def _factor(n: int, strength: float, device) -> torch.Tensor:
     return (1 + (torch.rand(n, 1, 1, 1, device=device) * 2 - 1) * strength)
 
 
-def augment(x: torch.Tensor, hflip: bool = True, rotate_deg: float = 10.0, jitter: float = 0.2) -> torch.Tensor:
-    """uint8 batch (B, 3, H, W) -> augmented float batch in [0, 1]."""
+def augment(x: torch.Tensor, hflip: bool = True, rotate_deg: float = 10.0, jitter: float = 0.2,
+            translate: float = 0.0) -> torch.Tensor:
+    """uint8 batch (B, 3, H, W) -> augmented float batch in [0, 1]. Rotation and translation (a random
+    shift of up to `translate` x the image side on each axis) are one affine resampling."""
     x = x.float().div_(255)
     n, dev = x.shape[0], x.device
     if hflip:
         flip = torch.rand(n, 1, 1, 1, device=dev) < 0.5
         x = torch.where(flip, x.flip(3), x)
-    if rotate_deg > 0:
+    if rotate_deg > 0 or translate > 0:
         a = (torch.rand(n, device=dev) * 2 - 1) * math.radians(rotate_deg)
-        cos, sin, zero = a.cos(), a.sin(), torch.zeros_like(a)
-        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        cos, sin = a.cos(), a.sin()
+        tx, ty = (torch.rand(2, n, device=dev) * 2 - 1) * 2 * translate  # grid coordinates span 2
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if jitter > 0:

@@ -44,6 +44,7 @@ class TrainConfig:
     hflip: bool = True  # random horizontal flip
     rotate_deg: float = 10.0  # random rotation in [-deg, +deg]
     jitter: float = 0.2  # brightness/contrast/saturation jitter strength
+    translate: float = 0.0  # random shift of up to this fraction of the image side, per axis
     mixup_alpha: float = 0.0  # mixup Beta(alpha, alpha); 0 disables
     # --- validation split ---
     val_fraction: float = 0.1  # stratified by subclass
@@ -78,6 +79,8 @@ class TrainConfig:
             raise ConfigError("lr must be > 0, val_fraction and dropout in [0, 1)")
         if self.holdout_subclasses < 0 or self.holdout_superclasses < 0 or self.mixup_alpha < 0:
             raise ConfigError("holdout_subclasses, holdout_superclasses and mixup_alpha must be >= 0")
+        if not 0 <= self.translate < 0.5:
+            raise ConfigError(f"translate: must be in [0, 0.5), got {self.translate}")
         check_threshold(self.threshold, "threshold")
 
     def replace(self, **changes: Any) -> "TrainConfig":

@@ -108,7 +108,7 @@ def train_one_epoch(model, opt, sched, X, y_sup, y_sub, idx, cfg: TrainConfig, n
         b = order[start:start + cfg.batch_size]
         if len(b) < 2:  # BatchNorm cannot train on one image
             continue
-        x = augment.augment(X[b], cfg.hflip, cfg.rotate_deg, cfg.jitter)
+        x = augment.augment(X[b], cfg.hflip, cfg.rotate_deg, cfg.jitter, cfg.translate)
         x, perm, lam = augment.mixup(x, cfg.mixup_alpha)
         x = augment.to_input(x, size, norm)
         x = x.contiguous(memory_format=torch.channels_last)

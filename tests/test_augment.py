@@ -40,3 +40,18 @@ def test_to_input_resizes_and_normalises():
     x = torch.full((2, 3, 8, 8), 255, dtype=torch.uint8)
     y = augment.to_input(x, 16, ((0.5,) * 3, (0.5,) * 3))
     assert y.shape == (2, 3, 16, 16) and torch.allclose(y, torch.ones_like(y))
+
+
+def test_translate_shifts_each_image_by_at_most_the_given_fraction():
+    torch.manual_seed(0)
+    x = torch.zeros(64, 3, 32, 32, dtype=torch.uint8)
+    x[:, :, 14:18, 14:18] = 255  # a bright square centred at (15.5, 15.5)
+    out = augment.augment(x, hflip=False, rotate_deg=0, jitter=0, translate=0.125)
+    mass = out[:, 0]
+    coords = torch.arange(32, dtype=torch.float32)
+    cy = (mass.sum(2) * coords).sum(1) / mass.sum((1, 2))
+    cx = (mass.sum(1) * coords).sum(1) / mass.sum((1, 2))
+    shift = torch.stack([cx - 15.5, cy - 15.5], 1)
+    assert shift.abs().max() <= 0.125 * 32 + 0.5  # at most 4 px (+ interpolation)
+    assert shift.abs().max() > 2 and shift.std(0).min() > 1  # images move, and by different amounts
+    assert torch.equal(augment.augment(x, hflip=False, rotate_deg=0, jitter=0), x.float() / 255)

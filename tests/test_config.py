@@ -23,6 +23,8 @@ def test_yaml_and_overrides(tmp_path):
     ("threshold: tpr:2\n", "threshold"),
     ("threshold: high\n", "threshold"),
     ("batch_size: 0\n", "batch_size"),
+    ("translate: 0.7\n", "translate"),
+    ("tta: maybe\n", "tta"),
     ("- a\n- b\n", "mapping"),
 ])
 def test_bad_config_names_the_key(tmp_path, text, needle):
