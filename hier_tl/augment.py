@@ -47,7 +47,9 @@ def augment(x: torch.Tensor, hflip: bool = True, rotate_deg: float = 10.0, jitte
     if rotate_deg > 0 or translate > 0:
         a = (torch.rand(n, device=dev) * 2 - 1) * math.radians(rotate_deg)
         cos, sin = a.cos(), a.sin()
-        tx, ty = (torch.rand(2, n, device=dev) * 2 - 1) * 2 * translate  # grid coordinates span 2
+        tx, ty = torch.zeros(2, n, device=dev)  # no draw when off: the default recipe's random stream
+        if translate > 0:
+            tx, ty = (torch.rand(2, n, device=dev) * 2 - 1) * 2 * translate  # grid coordinates span 2
         theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
