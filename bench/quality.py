@@ -42,6 +42,8 @@ RULES = ("tpr:0.95", "tpr:0.9", "best", 0.6)
 
 def closed_set(res, ds, cfg: TrainConfig, tta: bool) -> dict:
     """Plain accuracy (no novelty rule) of the trained model, with or without mirror-image TTA."""
+    if tta == cfg.tta:  # the trainer's own final validation pass
+        return evaluate(res.outputs, res.space, "msp", -1e9)
     split = make_split(ds, cfg.val_fraction, cfg.split_seed, cfg.holdout_subclasses, cfg.holdout_superclasses)
     sup, sub, _ = infer(res.model, ds.images[split.val], res.norm, cfg.image_size or ds.images.shape[-1],
                         cfg.eval_batch_size, cfg.precision, tta)

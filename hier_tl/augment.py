@@ -2,7 +2,8 @@
 
 The seed paper's recipe: horizontal flip, rotation within +-10 degrees, colour jitter 0.2 for
 brightness / contrast / saturation; optionally a random shift (`translate`, not in the paper); then an
-optional resize and the normalisation the backbone's weights expect. Mixup mixes images and both heads' targets with one Beta(alpha, alpha) weight per batch.
+optional resize and the normalisation the backbone's weights expect. Mixup mixes images and both heads'
+targets with one Beta(alpha, alpha) weight per batch.
 """
 
 from __future__ import annotations

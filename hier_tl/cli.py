@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -135,8 +136,6 @@ def cmd_sweep(args) -> int:
 
     if args.resume and not args.name:
         raise UserError("--resume needs --name NAME: the name printed when the sweep started (or was interrupted)")
-    import os
-
     storage = args.storage or os.environ.get("HIER_TL_STORAGE")  # set on the nodes by cluster/*.yaml
     sweep = load_sweep(args.sweep, smoke=args.smoke, overrides=args.set, name=args.name, storage=storage,
                        data=args.data)

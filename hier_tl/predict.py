@@ -153,7 +153,7 @@ def refit(results_dir: Path, trial: pd.Series, meta: dict, data_dir: str | None)
     from .config import TrainConfig
     from .sweep import SweepConfig
     from .config import from_dict
-    from .train import fit
+    from .train import atomic_save, fit
     from .tune import prepare_data
 
     cfg = from_dict(TrainConfig, load_checkpoint(trial_checkpoint(results_dir, trial))["config"])
@@ -172,5 +172,5 @@ def refit(results_dir: Path, trial: pd.Series, meta: dict, data_dir: str | None)
     if all(math.isfinite(t) for t in thresholds):  # keep the per-level thresholds the sweep calibrated
         ckpt = load_checkpoint(saved["p"])
         ckpt["history"][-1].update(threshold_super=thresholds[0], threshold_sub=thresholds[1])
-        torch.save(ckpt, saved["p"])
+        atomic_save(ckpt, saved["p"])
     return saved["p"]

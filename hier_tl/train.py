@@ -173,8 +173,13 @@ def save_checkpoint(path: Path, model, opt, sched, epoch: int, cfg: TrainConfig,
              "norm": [list(norm[0]), list(norm[1])], "data_side": data_side, "bank": bank,
              "rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return atomic_save(state, path)
+
+
+def atomic_save(obj, path: Path) -> Path:
+    """torch.save through a temporary file and a rename: a crash never leaves a half-written file."""
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    torch.save(state, tmp)
+    torch.save(obj, tmp)
     os.replace(tmp, path)
     return path
 

@@ -162,6 +162,14 @@ def test_predict_with_refit(sweep, tmp_path):
     assert main(["predict", str(results), "--images", str(data / "test_images"), "--out", str(out), "--refit"]) == 0
     assert len(pd.read_csv(out)) == len(pd.read_csv(data / "test_labels.csv"))
     assert any((results / "refit").iterdir())
+    # the refit model keeps the per-level thresholds the sweep calibrated on validation
+    from hier_tl.predict import Predictor
+    ckpt = next((results / "refit").glob("*/checkpoint.pt"))
+    trials = pd.read_parquet(results / "trials.parquet")
+    best = trials[trials.trial_id == ckpt.parent.name].iloc[0]
+    p = Predictor.from_checkpoint(ckpt)
+    assert (p.thr_super, p.thr_sub) == pytest.approx((best["final_threshold_super"], best["final_threshold_sub"]))
+    assert not list((results / "refit").glob("*/*.tmp"))
 
 
 def test_predict_from_a_train_run_folder(synth_dir, tmp_path):
