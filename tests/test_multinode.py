@@ -74,7 +74,8 @@ def test_sweep_spreads_over_nodes_into_one_storage(cluster, tmp_path):
 
 def test_lost_worker_node_trials_resume_elsewhere(cluster, tmp_path):
     address, state, env = cluster
-    proc = hier_tl(["sweep", str(sweep_file(tmp_path, 12, 2, max_failures=3)), "--address", address], env,
+    epochs = 40  # long enough that the trial is still running when its node is killed after epoch 2
+    proc = hier_tl(["sweep", str(sweep_file(tmp_path, epochs, 2, max_failures=3)), "--address", address], env,
                    tmp_path / "log")
     epochs_file = tmp_path / "results" / "mn" / "epochs.parquet"
     victim_node = None
@@ -89,6 +90,7 @@ def test_lost_worker_node_trials_resume_elsewhere(cluster, tmp_path):
             victim_node = e[e.epoch >= 2].node_id.iloc[0]
     assert victim_node, "no trial reported two epochs in time"
     before = pd.read_parquet(epochs_file)
+    assert before[before.node_id == victim_node].epoch.max() < epochs, "the trial finished before the kill"
     # kill the worker node (raylet and everything started from its temp dir) that runs that trial
     ps = subprocess.run(["ps", "-ewwo", "pid=,args="], capture_output=True, text=True).stdout
     killed, victims = 0, [k for k in (1, 2) if _node_runs(state, k, victim_node)]
@@ -108,7 +110,7 @@ def test_lost_worker_node_trials_resume_elsewhere(cluster, tmp_path):
     after = pd.read_parquet(epochs_file)
     assert (trials.status == "completed").all()
     for tid, g in after.groupby("trial_id"):
-        assert sorted(g.epoch) == list(range(1, 13))  # no reported epoch lost or duplicated
+        assert sorted(g.epoch) == list(range(1, epochs + 1))  # no reported epoch lost or duplicated
     kept = before.merge(after, on=["trial_id", "epoch"], suffixes=("", "_after"))
     assert len(kept) == len(before) and (kept.time == kept.time_after).all()  # nothing reported was rewritten
     moved = after[(after.trial_id == before[before.node_id == victim_node].trial_id.iloc[0])]
