@@ -17,9 +17,10 @@ from hier_tl.config import TrainConfig
 from hier_tl.data import load_dataset
 from hier_tl.metrics import evaluate
 from hier_tl.split import make_split
-from hier_tl.train import ALL_SCORES, fit, infer
+from hier_tl.novelty import logit_scores
+from hier_tl.train import fit, infer
 
-SCORES = (*ALL_SCORES, "knn")
+SCORES = (*logit_scores(), "knn")
 
 RUNS = {
     "cnn10": dict(backbone="cnn", epochs=10),
@@ -54,9 +55,9 @@ def closed_set(res, ds, cfg: TrainConfig, tta: bool) -> dict:
 def run(name: str, ds, extra: dict) -> list[dict]:
     cfg = TrainConfig(**{**RUNS[name], **extra})
     t0 = time.time()
-    res = fit(cfg, ds, scores=SCORES, report=lambda m, save, out: print(
-        f"  {name} epoch {m['epoch']}: seen super {m['seen_super_acc']:.3f} sub {m['seen_sub_acc']:.3f} "
-        f"({m['epoch_time']:.0f} s)", flush=True))
+    res = fit(cfg, ds, scores=SCORES, report=lambda r: print(
+        f"  {name} epoch {r.metrics['epoch']}: seen super {r.metrics['seen_super_acc']:.3f} sub "
+        f"{r.metrics['seen_sub_acc']:.3f} ({r.metrics['epoch_time']:.0f} s)", flush=True))
     rows = []
     for score in SCORES:
         for rule in RULES:

@@ -17,7 +17,7 @@ import time
 
 from hier_tl.sweep import SweepConfig
 from hier_tl.config import from_dict
-from hier_tl.tune import run_sweep
+from hier_tl.runner import run_sweep
 
 SPACE = {"depth": ["full", "partial"], "lr": [1e-3, 3e-3, 1e-2], "mixup_alpha": [0.0, 0.2]}
 
@@ -39,12 +39,10 @@ def sweep(name: str, storage: str, args, grid: bool) -> SweepConfig:
 def measure(cfg: SweepConfig) -> dict:
     """Overhead per trial = (span of the trials - their compute / concurrency) / trials, where the span runs
     from the first trial's first epoch start to the last report (Ray's own start-up is reported apart)."""
-    import pandas as pd
-
     t0 = time.time()
-    trials = run_sweep(cfg)
+    res = run_sweep(cfg)
     wall = time.time() - t0
-    epochs = pd.read_parquet(f"{cfg.storage}/{cfg.name}/epochs.parquet")
+    trials, epochs = res.trials, res.epochs
     first = epochs[epochs.epoch == 1]
     span = epochs.time.max() - (first.time - first.epoch_time).min()
     n = len(trials)

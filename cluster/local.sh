@@ -273,6 +273,8 @@ cmd_status() {
 cmd_down() {
   load_env || true
   stop_cluster
+  # Ray processes that an embedded `hier-tl sweep` driver left when it was killed (recorded by pid)
+  if command -v hier-tl >/dev/null 2>&1; then hier-tl cleanup || true; fi
 }
 
 if [[ ${1:-} =~ ^(up|status|down)$ && $ROOT != /?* ]]; then

@@ -31,3 +31,11 @@ def git_commit() -> str:
 
 def code_version() -> dict[str, str]:
     return {"hier_tl_version": __version__, "git_commit": git_commit()}
+
+
+def load_results(uri: str, tables: tuple[str, ...] = ("epochs", "thresholds")):
+    """A sweep's results from a local folder or an s3:// / gs:// URI (query parameters such as
+    `endpoint_override` kept): `.trials`, `.epochs`, `.thresholds` DataFrames and `.meta` (the sweep file)."""
+    from .results import load_results as load
+
+    return load(str(uri), tables)

@@ -7,6 +7,7 @@ one `--set key=value` override and one column in the results tables.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -16,9 +17,40 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
+from .registry import BACKBONES, OPTIMIZERS, SCHEDULES, SCORES
 
-class ConfigError(ValueError):
-    """A configuration problem; the message names the offending key."""
+DEPTHS = ("linear", "partial", "full")
+PRECISIONS = ("auto", "bf16", "fp32")
+NOVELTY_KEYS = ("threshold", "novelty_score")  # evaluated post hoc from saved outputs: never a reason to retrain
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """The threshold grammar, parsed once: a number, `tpr:P` (keep a fraction P of the seen validation
+    images as seen, 0 < P <= 1) or `best` (maximise the mean of seen and novel accuracy)."""
+
+    kind: str  # value | tpr | best
+    value: float = math.nan
+
+    @classmethod
+    def parse(cls, spec: Any, key: str = "threshold") -> "Threshold":
+        if isinstance(spec, Threshold):
+            return spec
+        if isinstance(spec, (int, float)) and not isinstance(spec, bool) and math.isfinite(spec):
+            return cls("value", float(spec))
+        text = spec.strip() if isinstance(spec, str) else None
+        if text == "best":
+            return cls("best")
+        if text and text.startswith("tpr:") and _FLOAT.fullmatch(text[4:].strip()) and 0 < float(text[4:]) <= 1:
+            return cls("tpr", float(text[4:]))
+        if text and _FLOAT.fullmatch(text):
+            return cls("value", float(text))
+        raise ConfigError(f"{key}: {spec!r} is not a number, 'best' or 'tpr:P' (0 < P <= 1)")
+
+    def __str__(self) -> str:
+        return {"value": lambda: f"{self.value:g}", "tpr": lambda: f"tpr:{self.value:g}",
+                "best": lambda: "best"}[self.kind]()
 
 
 @dataclass
@@ -62,16 +94,12 @@ class TrainConfig:
     tta: bool = False  # evaluate on each image and its mirror image, averaging the projection features
 
     def validate(self) -> None:
-        from .models import BACKBONES  # registries, imported late to avoid a cycle
-        from .novelty import SCORES
-        from .train import SCHEDULES, OPTIMIZERS
-
-        choices = {"backbone": BACKBONES, "depth": ("linear", "partial", "full"), "optimizer": OPTIMIZERS,
-                   "schedule": SCHEDULES, "novelty_score": SCORES,
-                   "precision": ("auto", "bf16", "fp32")}
-        for key, allowed in choices.items():
+        for key, registry in (("backbone", BACKBONES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                              ("novelty_score", SCORES)):
+            registry.get(getattr(self, key), where=key)
+        for key, allowed in (("depth", DEPTHS), ("precision", PRECISIONS)):
             if getattr(self, key) not in allowed:
-                raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(sorted(allowed))}")
+                raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
         for key in ("epochs", "batch_size", "eval_batch_size", "proj_dim"):
             if getattr(self, key) < (2 if key == "batch_size" else 1):
                 raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
@@ -81,26 +109,17 @@ class TrainConfig:
             raise ConfigError("holdout_subclasses, holdout_superclasses and mixup_alpha must be >= 0")
         if not 0 <= self.translate < 0.5:
             raise ConfigError(f"translate: must be in [0, 0.5), got {self.translate}")
-        check_threshold(self.threshold, "threshold")
+        Threshold.parse(self.threshold)
+
+    @property
+    def threshold_spec(self) -> Threshold:
+        return Threshold.parse(self.threshold)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return from_dict(TrainConfig, {**dataclasses.asdict(self), **changes})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def check_threshold(spec: Any, key: str) -> None:
-    """A threshold is a number, 'best', or 'tpr:P' with 0 < P <= 1."""
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool) or spec == "best":
-        return
-    if isinstance(spec, str) and spec.startswith("tpr:"):
-        try:
-            if 0 < float(spec[4:]) <= 1:
-                return
-        except ValueError:
-            pass
-    raise ConfigError(f"{key}: {spec!r} is not a number, 'best' or 'tpr:P' (0 < P <= 1)")
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -209,6 +228,5 @@ def load_train_config(path: Path | str | None, overrides: list[str] | None = Non
     return from_dict(TrainConfig, apply_overrides(data, overrides))
 
 
-def dump_yaml(obj: Any, path: Path | str) -> None:
-    data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+def to_yaml(obj: Any) -> str:
+    return yaml.safe_dump(dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj, sort_keys=False)

@@ -11,11 +11,34 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from . import novelty
-from .split import NOVEL, LabelSpace
+from .config import Threshold
+from .errors import ScoreError
+from .registry import EPOCH_METRICS
+from .taxonomy import NOVEL, LabelSpace
 
 LEVELS = ("super", "sub")
+GROUPS = ("", "seen_", "novel_")  # all images, seen-class images, novel images
+
+
+def acc_key(level: str, group: str = "seen_") -> str:
+    """The one naming scheme for accuracies: `seen_super_acc`, `novel_sub_acc`, `super_acc`."""
+    return f"{group}{level}_acc"
+
+
+def score_key(kind: str, level: str, score: str = "") -> str:
+    """Separation metrics of a novelty score: `auroc_sub_knn`, `fpr95_super_msp` (`auroc_sub` in threshold rows)."""
+    return f"{kind}_{level}" + (f"_{score}" if score else "")
+
+
+def metric_mode(name: str) -> str:
+    """Whether a larger value of metric `name` is better ("max") or a smaller one ("min")."""
+    base = name.removeprefix("final_").removeprefix("best_")
+    if base in EPOCH_METRICS:
+        return EPOCH_METRICS.meta(base).get("mode", "max")
+    return "min" if base.startswith("fpr95_") else "max"
 
 
 @dataclass
@@ -90,18 +113,20 @@ def fpr_at_tpr(scores: torch.Tensor, positive: torch.Tensor, tpr: float = 0.95) 
 
 def objective(m: dict[str, float]) -> float:
     """Mean of the seen/novel accuracies at both levels that exist on this validation set."""
-    parts = [m[f"{k}_{lvl}_acc"] for lvl in LEVELS for k in ("seen", "novel")]
+    parts = [m[acc_key(lvl, g)] for lvl in LEVELS for g in ("seen_", "novel_")]
     parts = [p for p in parts if not math.isnan(p)]
     return sum(parts) / len(parts) if parts else math.nan
 
 
-def thresholds_for(out: Outputs, score: str, spec: float | str) -> dict[str, float]:
-    """Resolve a threshold spec per level; 'best' maximises that level's mean of seen and novel accuracy."""
-    res = {}
+def thresholds_for(out: Outputs, score: str, spec: float | str | Threshold) -> dict[str, float]:
+    """Resolve a threshold per level; 'best' maximises that level's mean of seen and novel accuracy
+    (and falls back to tpr:0.95 on a level whose validation holds no novel image)."""
+    spec, res = Threshold.parse(spec), {}
     for lvl in LEVELS:
         s, seen = out.score(score, lvl), out.target(lvl) != NOVEL
-        if spec == "best":
-            res[lvl] = _best_threshold(s, seen) if (~seen).any() else novelty.resolve_threshold("tpr:0.95", s[seen])
+        if spec.kind == "best":
+            res[lvl] = _best_threshold(s, seen) if (~seen).any() else novelty.resolve_threshold(
+                Threshold("tpr", 0.95), s[seen])
         else:
             res[lvl] = novelty.resolve_threshold(spec, s[seen])
     return res
@@ -116,7 +141,7 @@ def _best_threshold(s: torch.Tensor, seen: torch.Tensor) -> float:
     return float(cands[torch.argmax(tpr + tnr)])
 
 
-def evaluate(out: Outputs, space: LabelSpace, score: str = "msp", threshold: float | str = 0.6,
+def evaluate(out: Outputs, space: LabelSpace, score: str = "msp", threshold: float | str | Threshold = 0.6,
              scores: tuple[str, ...] = ()) -> dict[str, float]:
     """All validation metrics for one score/threshold, plus AUROC and FPR@95 of each score in `scores`."""
     thr = thresholds_for(out, score, threshold)
@@ -125,21 +150,17 @@ def evaluate(out: Outputs, space: LabelSpace, score: str = "msp", threshold: flo
     m: dict[str, float] = {}
     for lvl, pred in (("super", sup), ("sub", sub)):
         acc = accuracy(pred, out.target(lvl))
-        m.update({f"{lvl}_acc": acc["acc"], f"seen_{lvl}_acc": acc["seen_acc"], f"novel_{lvl}_acc": acc["novel_acc"]})
+        m.update({acc_key(lvl, g): acc[f"{g}acc"] for g in GROUPS})
         m[f"threshold_{lvl}"] = thr[lvl]
     for name in dict.fromkeys((score, *scores)):
-        if name in novelty.FEATURE_SCORES and out.bank is None:
+        if novelty.needs_features(name) and out.bank is None:
             continue
         for lvl in LEVELS:
             seen, values = out.target(lvl) != NOVEL, out.score(name, lvl)
-            m[f"auroc_{lvl}_{name}"] = auroc(values, seen)
-            m[f"fpr95_{lvl}_{name}"] = fpr_at_tpr(values, seen)
+            m[score_key("auroc", lvl, name)] = auroc(values, seen)
+            m[score_key("fpr95", lvl, name)] = fpr_at_tpr(values, seen)
     m["objective"] = objective(m)
     return m
-
-
-class ScoreError(ValueError):
-    """Predictions and labels do not line up; the message says how."""
 
 
 def _read_labels_csv(path, what: str):
@@ -189,3 +210,86 @@ def score_predictions(pred_csv, labels_csv, novel_super: int, novel_sub: int) ->
             out[f"{lvl}_{k}"] = v
     out["n"] = len(lab)
     return out
+
+
+@dataclass
+class EpochState:
+    """What the trainer knows at the end of an epoch; every registered epoch metric is computed from it."""
+
+    epoch: int
+    train_loss: float  # mean over the epoch's training images
+    train_images: int
+    train_time: float  # seconds in the training loop
+    epoch_time: float  # seconds for training + validation
+    lr: float  # the schedule's learning rate at the end of the epoch
+    outputs: Outputs  # validation outputs
+
+
+register_epoch_metric = EPOCH_METRICS.register
+# Training metrics: one registration each puts a metric into epochs.parquet, into trials replayed from the
+# shared-run cache, into the trials table as final_<name> and (with `label`) into the comparison table.
+
+
+@register_epoch_metric("train_loss", mode="min")
+def train_loss(s: EpochState) -> float:
+    return s.train_loss
+
+
+@register_epoch_metric("val_loss", mode="min")
+def validation_loss(s: EpochState) -> float:
+    """Cross-entropy of both heads on seen validation images (novel ones have no target)."""
+    loss, out = 0.0, s.outputs
+    for lvl in LEVELS:
+        t = out.target(lvl)
+        keep = t != NOVEL
+        if keep.any():
+            loss += float(F.cross_entropy(out.logits(lvl)[keep], t[keep]))
+    return loss
+
+
+@register_epoch_metric("train_time", mode="min")
+def train_time(s: EpochState) -> float:
+    return s.train_time
+
+
+@register_epoch_metric("epoch_time", mode="min")
+def epoch_time(s: EpochState) -> float:
+    return s.epoch_time
+
+
+@register_epoch_metric("images_per_s", label="img/s", fmt="{:.0f}")
+def images_per_s(s: EpochState) -> float:
+    return s.train_images / max(s.train_time, 1e-9)
+
+
+@register_epoch_metric("current_lr", mode="min")
+def current_lr(s: EpochState) -> float:
+    return s.lr
+
+
+def reported_metrics(scores: tuple[str, ...] = ()) -> set[str]:
+    """Every metric name an epoch report carries when AUROC / FPR@95 are computed for `scores`."""
+    names = {"epoch", "objective", *EPOCH_METRICS.names()}
+    names |= {acc_key(lvl, g) for lvl in LEVELS for g in GROUPS} | {f"threshold_{lvl}" for lvl in LEVELS}
+    for score in dict.fromkeys((*novelty.logit_scores(), *scores)):
+        names |= {score_key(k, lvl, score) for k in ("auroc", "fpr95") for lvl in LEVELS}
+    return names
+
+
+def epoch_metrics(state: EpochState) -> dict[str, float]:
+    """`epoch` plus every registered training metric."""
+    return {"epoch": state.epoch, **{name: float(EPOCH_METRICS.get(name)(state)) for name in EPOCH_METRICS.names()}}
+
+
+def threshold_rows(out: Outputs, scores, thresholds) -> list[dict]:
+    """One row per (score, threshold): the four seen/novel accuracies, the objective and the AUROC."""
+    rows = []
+    for score in scores:
+        for thr in thresholds:
+            m = evaluate(out, out.space, score, thr)
+            row = {"score": score, "threshold": str(thr), **{f"threshold_{lvl}": m[f"threshold_{lvl}"] for lvl in LEVELS}}
+            row.update({acc_key(lvl, g): m[acc_key(lvl, g)] for lvl in LEVELS for g in ("seen_", "novel_")})
+            row["objective"] = m["objective"]
+            row.update({score_key("auroc", lvl): m[score_key("auroc", lvl, score)] for lvl in LEVELS})
+            rows.append(row)
+    return rows

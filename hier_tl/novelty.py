@@ -15,43 +15,37 @@ Hierarchy rule, in this order:
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 
-from .config import ConfigError
-from .split import NOVEL, LabelSpace
+from .config import Threshold
+from .errors import ConfigError
+from .registry import SCORES
+from .taxonomy import NOVEL, LabelSpace
 
-ScoreFn = Callable[..., torch.Tensor]
-SCORES: dict[str, ScoreFn] = {}
-FEATURE_SCORES: set[str] = set()  # scores that need projection features and a bank of training features
+register_score = SCORES.register
 
 
-def register_score(name: str, features: bool = False):
-    def deco(fn: ScoreFn) -> ScoreFn:
-        SCORES[name] = fn
-        if features:
-            FEATURE_SCORES.add(name)
-        return fn
-    return deco
+def logit_scores() -> list[str]:
+    """Scores computed from logits alone: free to evaluate at every epoch."""
+    return [n for n in SCORES.names() if not needs_features(n)]
+
+
+def needs_features(name: str) -> bool:
+    """Does this score compare projection features with a bank of training features (rather than logits)?"""
+    return bool(SCORES.meta(name).get("features"))
 
 
 def compute(name: str, logits: torch.Tensor, feats: torch.Tensor | None = None,
             bank: torch.Tensor | None = None) -> torch.Tensor:
     """Score values for one level; feature scores ignore the logits and use (feats, bank)."""
-    fn = get_score(name)
-    if name in FEATURE_SCORES:
+    fn = SCORES.get(name, where="novelty score")
+    if needs_features(name):
         if feats is None or bank is None:
-            raise ValueError(f"novelty score {name!r} needs features and a training-feature bank "
-                             "(they are computed when the score is requested at training time)")
+            raise ConfigError(f"novelty score {name!r} needs features and a training-feature bank "
+                              "(they are computed when the score is requested at training time)")
         return fn(feats, bank)
     return fn(logits)
-
-
-def get_score(name: str) -> ScoreFn:
-    if name not in SCORES:
-        raise ConfigError(f"unknown novelty score {name!r}; known: {', '.join(sorted(SCORES))}")
-    return SCORES[name]
 
 
 @register_score("msp")
@@ -88,21 +82,16 @@ def knn(feats: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     return torch.cat(out) if out else torch.empty(0)
 
 
-def resolve_threshold(spec: float | str, seen_scores: torch.Tensor) -> float:
-    """A number, or 'tpr:P': the score that keeps a fraction P of the seen validation images as seen."""
-    if isinstance(spec, (int, float)):
-        return float(spec)
-    if isinstance(spec, str) and spec.startswith("tpr:"):
-        p = float(spec[4:])
-        if not 0 < p <= 1:
-            raise ValueError(f"threshold {spec!r}: the TPR target must be in (0, 1]")
-        if seen_scores.numel() == 0:
-            raise ValueError(f"threshold {spec!r} needs seen validation images to calibrate on")
-        return float(torch.quantile(seen_scores.float(), 1 - p))
-    try:
-        return float(spec)
-    except (TypeError, ValueError):
-        raise ValueError(f"threshold {spec!r}: expected a number, 'tpr:P' or 'best'") from None
+def resolve_threshold(spec: Threshold, seen_scores: torch.Tensor) -> float:
+    """A number as is; `tpr:P`: the score that keeps a fraction P of the seen validation images as seen."""
+    spec = Threshold.parse(spec)
+    if spec.kind == "value":
+        return spec.value
+    if spec.kind != "tpr":
+        raise ValueError(f"threshold {spec} is resolved against novel images (metrics.thresholds_for)")
+    if seen_scores.numel() == 0:
+        raise ConfigError(f"threshold {spec} needs seen validation images to calibrate on")
+    return float(torch.quantile(seen_scores.float(), 1 - spec.value))
 
 
 def predict(sup_logits: torch.Tensor, sub_logits: torch.Tensor, space: LabelSpace, score: str,

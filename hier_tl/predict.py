@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
+import re
 import sys
 import time
 import warnings
@@ -12,58 +14,17 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 
-from .data import load_images
-from .split import LabelSpace
-from .train import infer, load_checkpoint, model_from_checkpoint
+from . import checkpoint
+from .errors import HierTLError, SelectionError
+from .fileio import write_text
+from .images import load_images
+from .results import Results, load_results, select, trial_checkpoint
+from .storage import local_path
+from .taxonomy import LabelSpace
+from .train import infer
 
-
-class SelectionError(ValueError):
-    """No trial matches, the metric does not exist, or a folder is not a sweep or run folder."""
-
-
-def load_sweep_results(results_dir: Path | str) -> tuple[pd.DataFrame, dict]:
-    d = Path(results_dir)
-    if not (d / "trials.parquet").is_file():
-        raise SelectionError(f"{d}: no trials.parquet here (expected a sweep results folder, <storage>/<name>/)")
-    meta = yaml.safe_load((d / "sweep.yaml").read_text()) if (d / "sweep.yaml").is_file() else {}
-    return pd.read_parquet(d / "trials.parquet"), meta
-
-
-def metric_column(trials: pd.DataFrame, metric: str) -> str:
-    for col in (f"final_{metric}", metric):
-        if col in trials:
-            return col
-    options = sorted(c.removeprefix("final_") for c in trials.columns if c.startswith("final_"))
-    raise SelectionError(f"no metric {metric!r} in trials.parquet; metrics: {', '.join(options)}")
-
-
-def select_best(trials: pd.DataFrame, metric: str = "objective", mode: str | None = None,
-                where: list[str] | None = None) -> pd.Series:
-    """The best trial (by its final-epoch metric) among those matching every `key=value` in `where`."""
-    col = metric_column(trials, metric)
-    df = trials
-    for cond in where or []:
-        if "=" not in cond:
-            raise SelectionError(f"--where {cond!r}: expected key=value")
-        key, value = cond.split("=", 1)
-        if key not in df:
-            raise SelectionError(f"--where {key}: no such column in trials.parquet")
-        df = df[df[key].astype(str) == value]
-    df = df[df[col].notna()]
-    if df.empty:
-        raise SelectionError(f"no trial with a value for {metric!r} matches {' and '.join(where or []) or 'anything'}")
-    mode = mode or ("min" if "loss" in metric else "max")
-    return df.loc[df[col].idxmax() if mode == "max" else df[col].idxmin()]
-
-
-def trial_checkpoint(results_dir: Path | str, trial: pd.Series) -> Path:
-    tdir = Path(results_dir) / str(trial.get("trial_dir") or "")
-    ckpts = sorted(tdir.glob("checkpoint_*/checkpoint.pt")) if tdir.name else []
-    if not ckpts:
-        raise SelectionError(f"trial {trial['trial_id']} has no checkpoint under {tdir}")
-    return ckpts[-1]
+UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
@@ -81,12 +42,18 @@ class Predictor:
     tta: bool = False  # mirror-image averaging, as the model was validated
 
     @classmethod
-    def from_checkpoint(cls, path: Path | str, threshold: float | None = None, device: str = "cpu") -> "Predictor":
-        ckpt = load_checkpoint(path)
-        model, cfg, space, norm = model_from_checkpoint(ckpt, device)
+    def from_checkpoint(cls, ckpt: dict | Path | str, threshold: float | None = None, device: str = "cpu",
+                        name: str = "checkpoint") -> "Predictor":
+        """From a loaded checkpoint (or its path). Thresholds: `threshold`, else the per-level values the
+        trial resolved at its last epoch (a `tpr:` or `best` rule needs validation scores to resolve)."""
+        if not isinstance(ckpt, dict):
+            name, ckpt = str(ckpt), checkpoint.load(ckpt)
+        model, cfg, space, norm = checkpoint.model_from(ckpt, device, name)
         last = ckpt["history"][-1] if ckpt.get("history") else {}
-        thr_sup = threshold if threshold is not None else last.get("threshold_super", _number(cfg.threshold))
-        thr_sub = threshold if threshold is not None else last.get("threshold_sub", _number(cfg.threshold))
+        thr_sup = threshold if threshold is not None else last.get("threshold_super")
+        thr_sub = threshold if threshold is not None else last.get("threshold_sub")
+        if thr_sup is None or thr_sub is None:
+            raise HierTLError(f"{name}: records no resolved thresholds; pass --threshold VALUE")
         side = int(ckpt.get("data_side", 64))
         return cls(model, space, norm, cfg.image_size or side, side, cfg.novelty_score, float(thr_sup), float(thr_sub),
                    cfg.precision, ckpt.get("bank"), cfg.tta)
@@ -109,13 +76,6 @@ class Predictor:
         return self.space.decode(torch.cat(sups), torch.cat(subs))
 
 
-def _number(spec) -> float:
-    try:
-        return float(spec)
-    except (TypeError, ValueError):
-        return 0.5  # only reached for checkpoints without history
-
-
 def _bar(done: int, total: int, elapsed: float) -> None:
     width = 30
     fill = int(width * done / max(total, 1))
@@ -125,52 +85,113 @@ def _bar(done: int, total: int, elapsed: float) -> None:
 
 
 def write_predictions(predictor: Predictor, images_dir: Path | str, out: Path | str) -> int:
-    """Predict every decodable image in `images_dir`; unreadable ones are reported and skipped. Returns rows written."""
+    """Predict every readable image in `images_dir` into a CSV written atomically; every image left out
+    (unreadable, or a file name with control characters no CSV reader takes back) is reported. Returns rows."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         imgs = load_images(images_dir, predictor.data_side)  # decoded as the training images were
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
-    if not imgs.names:
-        print(f"warning: no readable image in {images_dir}: writing a header-only CSV", file=sys.stderr)
+    keep = [i for i, n in enumerate(imgs.names) if not UNSAFE_NAME.search(n) and _encodable(n)]
+    bad = [imgs.names[i] for i in range(len(imgs.names)) if i not in set(keep)]
+    if bad:
+        print(f"warning: {len(bad)} image(s) skipped: their file names hold control characters or bytes that "
+              f"are not UTF-8, which a CSV cannot carry safely: {', '.join(ascii(n) for n in bad[:10])}",
+              file=sys.stderr)
     if imgs.failed:
         print(f"warning: {len(imgs.failed)} image(s) could not be read and have no prediction: "
               f"{', '.join(list(imgs.failed)[:10])}", file=sys.stderr)
-    sup, sub = predictor.predict(imgs.images)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["image", "superclass_index", "subclass_index"])
-        w.writerows(zip(imgs.names, sup.tolist(), sub.tolist()))
-    tmp.replace(out)
-    return len(imgs.names)
+    if not keep:
+        print(f"warning: no readable image in {images_dir}: writing a header-only CSV", file=sys.stderr)
+    sup, sub = predictor.predict(imgs.images[keep]) if keep else (torch.empty(0), torch.empty(0))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image", "superclass_index", "subclass_index"])
+    w.writerows(zip([imgs.names[i] for i in keep], sup.tolist(), sub.tolist()))
+    write_text(out, buf.getvalue())
+    return len(keep)
 
 
-def refit(results_dir: Path, trial: pd.Series, meta: dict, data_dir: str | None) -> Path:
-    """Retrain the trial's config on train + validation (no hold-out) for the epochs it ran; returns the checkpoint."""
-    from .config import TrainConfig
-    from .sweep import SweepConfig
-    from .config import from_dict
-    from .train import atomic_save, fit
-    from .tune import prepare_data
+def _encodable(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
-    cfg = from_dict(TrainConfig, load_checkpoint(trial_checkpoint(results_dir, trial))["config"])
-    sweep = from_dict(SweepConfig, {k: v for k, v in meta.items() if k in SweepConfig.__dataclass_fields__})
-    if data_dir:
-        sweep.data = data_dir
-    thr = float(trial.get("final_threshold_super", math.nan))
+
+def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print) -> dict:
+    """Retrain the trial's config on train + validation (no hold-out) for the epochs it ran, printing a line
+    per epoch; the sweep's per-level thresholds are kept. Saved as refit/<trial>/checkpoint.pt in the sweep."""
+    from .config import TrainConfig, from_dict
+    from .synthetic import SynthSpec, load_source
+    from .train import fit
+
+    ckpt, _ = trial_checkpoint(res.storage, trial)
+    cfg = from_dict(TrainConfig, ckpt["config"])
+    last = ckpt["history"][-1] if ckpt.get("history") else {}
+    thresholds = (last.get("threshold_super", math.nan), last.get("threshold_sub", math.nan))
+    if not all(math.isfinite(t) for t in thresholds):
+        raise SelectionError(f"trial {trial['trial_id']}: its checkpoint records no resolved thresholds to refit with")
     refit_cfg = cfg.replace(epochs=int(trial["epochs_run"]), val_fraction=0.0, holdout_subclasses=0,
-                            holdout_superclasses=0, threshold=thr if math.isfinite(thr) else cfg.threshold)
-    thresholds = (thr, float(trial.get("final_threshold_sub", thr)))
-    print(f"refit: {refit_cfg.backbone}/{refit_cfg.depth} for {refit_cfg.epochs} epochs on train + validation")
-    data = prepare_data(sweep)
-    out = results_dir / "refit" / str(trial["trial_id"])
-    saved = {}
-    fit(refit_cfg, data, lambda m, save, o: saved.__setitem__("p", save(out)))
-    if all(math.isfinite(t) for t in thresholds):  # keep the per-level thresholds the sweep calibrated
-        ckpt = load_checkpoint(saved["p"])
-        ckpt["history"][-1].update(threshold_super=thresholds[0], threshold_sub=thresholds[1])
-        atomic_save(ckpt, saved["p"])
-    return saved["p"]
+                            holdout_superclasses=0,  # no validation left: a number, never a rule to calibrate
+                            threshold=thresholds[0])
+    source = data_dir or res.meta.get("data", "synthetic")
+    synth = from_dict(SynthSpec, res.meta.get("synthetic") or {})
+    log(f"refit: {refit_cfg.backbone}/{refit_cfg.depth} for {refit_cfg.epochs} epochs on train + validation ({source})")
+    data, saved, t0 = load_source(source, synth), {}, time.time()
+
+    def report(r) -> None:
+        saved["state"] = r.state()
+        log(f"refit epoch {r.metrics['epoch']}/{refit_cfg.epochs}: train loss {r.metrics['train_loss']:.3f}, "
+            f"{r.metrics['images_per_s']:.0f} img/s, {time.time() - t0:.0f} s")
+
+    fit(refit_cfg, data, report)
+    state = saved["state"]  # with the per-level thresholds the sweep calibrated
+    state["history"][-1].update(threshold_super=thresholds[0], threshold_sub=thresholds[1])
+    res.storage.write_bytes(f"refit/{trial['trial_id']}/checkpoint.pt", checkpoint.to_bytes(state))
+    log(f"refit: saved {res.storage.uri}/refit/{trial['trial_id']}/checkpoint.pt")
+    return state
+
+
+def chosen_trials(res: Results, trial_id: str | None, all_variants: bool) -> list[pd.Series]:
+    """The trials `predict` uses: one by id, the best of each backbone x depth, or the sweep's best."""
+    trials = res.trials
+    if trial_id:
+        match = trials[trials.trial_id == trial_id]
+        if match.empty:
+            raise SelectionError(f"no trial {trial_id!r} in {res.storage.uri}; trials: {', '.join(trials.trial_id)}")
+        return [match.iloc[0]]
+    if all_variants:
+        from .report import comparison_table
+
+        table = comparison_table(trials[trials.epochs_run > 0], res.metric, res.mode)
+        return [trials[trials.trial_id == t].iloc[0] for t in table["best trial"]]
+    return [select(trials, res.metric, res.mode)]
+
+
+def run(source: str, images: str, out: str, trial_id: str | None = None, threshold: float | None = None,
+        do_refit: bool = False, data_dir: str | None = None, all_variants: bool = False, log=print) -> list[tuple]:
+    """`hier-tl predict`: a run folder's checkpoint, or trial(s) of a sweep (local or object storage)."""
+    run_dir = local_path(source)
+    if run_dir is not None and (run_dir / "checkpoint.pt").is_file() and not (run_dir / "trials.parquet").is_file():
+        if trial_id or all_variants or do_refit:
+            raise SelectionError("--trial, --all-variants and --refit need a sweep results folder, not a run folder")
+        jobs = [(checkpoint.load(run_dir / "checkpoint.pt"), str(run_dir / "checkpoint.pt"), Path(out))]
+    else:
+        res, jobs = load_results(source, tables=()), []
+        for t in chosen_trials(res, trial_id, all_variants):
+            o = Path(out)
+            path = o.with_name(f"{o.stem}_{t['backbone']}_{t['depth']}{o.suffix}") if all_variants else o
+            ckpt, where = (refit(res, t, data_dir, log), f"refit of {t['trial_id']}") if do_refit else \
+                trial_checkpoint(res.storage, t)
+            log(f"trial {t['trial_id']} ({t['backbone']}/{t['depth']}) -> {path}")
+            jobs.append((ckpt, where, path))
+    done = []
+    for ckpt, where, path in jobs:
+        predictor = Predictor.from_checkpoint(ckpt, threshold, name=where)
+        n = write_predictions(predictor, images, path)
+        log(f"wrote {path}: {n} images (thresholds {predictor.score}: superclass {predictor.thr_super:.4g}, "
+            f"subclass {predictor.thr_sub:.4g})")
+        done.append((path, n))
+    return done

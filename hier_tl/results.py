@@ -1,21 +1,25 @@
-"""Result rows and Parquet files written atomically (a temporary file, then a rename).
+"""What a sweep's results mean: the row schema, the one best-trial rule, and reading a results folder.
 
-Every row carries its resolved config (one column per key), seed and code version, so a table read
-on its own says what produced it.
+Every row carries its resolved config (one column per key), seed and code version, so a table read on
+its own says what produced it. `load_results(uri)` reads a local folder or an s3:// / gs:// URI.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+import yaml
 
 from . import code_version
 from .config import TrainConfig
+from .errors import SelectionError
+from .metrics import metric_mode
+from .storage import Storage
+
+CONFIG_KEYS = tuple(TrainConfig.__dataclass_fields__)
 
 
 def config_columns(cfg: TrainConfig | dict) -> dict[str, Any]:
@@ -25,19 +29,119 @@ def config_columns(cfg: TrainConfig | dict) -> dict[str, Any]:
     return {**d, **code_version()}
 
 
-def write_parquet(rows: list[dict] | pd.DataFrame, path: Path | str, filesystem=None) -> None:
-    """Write atomically: readers never see a half-written file, even if the writer is killed."""
-    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    path = str(path)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    if filesystem is None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    else:  # object stores: a single PUT is already atomic
-        pq.write_table(table, path, filesystem=filesystem)
+@dataclass
+class Results:
+    """A sweep's tables and definition, as read from its folder."""
+
+    storage: Storage
+    trials: pd.DataFrame
+    epochs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    thresholds: pd.DataFrame = field(default_factory=pd.DataFrame)
+    meta: dict = field(default_factory=dict)  # the stored sweep file
+
+    @property
+    def metric(self) -> str:
+        return self.meta.get("scheduler", {}).get("metric", "objective")
+
+    @property
+    def mode(self) -> str:
+        return self.meta.get("scheduler", {}).get("mode", "max")
+
+    def mode_of(self, metric: str) -> str:
+        """The sweep's mode for its own metric; the metric's natural direction for any other."""
+        return self.mode if metric == self.metric else metric_mode(metric)
 
 
-def read_parquet(path: Path | str, filesystem=None) -> pd.DataFrame:
-    return pq.read_table(str(path), filesystem=filesystem).to_pandas()
+def load_results(uri: str, tables: tuple[str, ...] = ("epochs", "thresholds")) -> Results:
+    """Read the sweep folder at `uri` (local or object storage): trials, epochs, thresholds, sweep.yaml."""
+    st = Storage.open(uri)
+    if not st.exists("trials.parquet"):
+        raise SelectionError(f"{uri}: no trials.parquet here (expected a sweep results folder, <storage>/<name>/, "
+                             "as printed at the end of `hier-tl sweep`)")
+    meta = yaml.safe_load(st.read_text("sweep.yaml")) if st.exists("sweep.yaml") else {}
+    res = Results(st, st.read("trials"), meta=meta or {})
+    for name in tables:
+        setattr(res, name, st.read(name))
+    return res
+
+
+def metric_column(trials: pd.DataFrame, metric: str) -> str:
+    for col in (f"final_{metric}", metric):
+        if col in trials:
+            return col
+    options = sorted(c.removeprefix("final_") for c in trials.columns if c.startswith("final_"))
+    raise SelectionError(f"no metric {metric!r} in trials.parquet; metrics: {', '.join(options) or 'none yet'}")
+
+
+def best_trial(trials: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
+    """THE rule, used by the progress line, the table, `best` and `predict`: the trial whose final-epoch
+    `metric` (what its last checkpoint delivers) is best for `mode`; ties go to the earlier trial;
+    trials without a value never win. None when no trial has a value."""
+    col = next((c for c in (f"final_{metric}", metric) if c in trials), None)
+    if col is None:
+        return None
+    values = pd.to_numeric(trials[col], errors="coerce")
+    values = values[values.notna() & values.map(lambda v: math.isfinite(v))]
+    if values.empty:
+        return None
+    return trials.loc[values.idxmax() if mode == "max" else values.idxmin()]
+
+
+def select(trials: pd.DataFrame, metric: str, mode: str, where: list[str] | None = None) -> pd.Series:
+    """The best trial among those matching every `key=value` of `where`; SelectionError if none."""
+    df = trials
+    for cond in where or []:
+        if "=" not in cond:
+            raise SelectionError(f"--where {cond!r}: expected key=value")
+        key, value = cond.split("=", 1)
+        if key not in df:
+            raise SelectionError(f"--where {key}: no such column in trials.parquet")
+        df = df[df[key].astype(str) == value]
+    metric_column(trials, metric)
+    best = best_trial(df, metric, mode)
+    if best is None:
+        raise SelectionError(f"no trial with a value for {metric!r} matches {' and '.join(where or []) or 'anything'}"
+                             " (has any trial reported an epoch yet?)")
+    return best
+
+
+def plain(v):
+    """A pandas/numpy value as plain Python for YAML / JSON (NaN -> None)."""
+    if hasattr(v, "item"):
+        v = v.item()
+    return None if isinstance(v, float) and v != v else v
+
+
+def best_document(trial: pd.Series, checkpoint: str) -> dict:
+    """What `hier-tl best` prints: the trial's config, final metrics and checkpoint."""
+    return {"trial_id": trial["trial_id"], "status": trial["status"], "checkpoint": checkpoint,
+            "config": {k: plain(trial[k]) for k in trial.index if k in CONFIG_KEYS},
+            "metrics": {k.removeprefix("final_"): plain(trial[k]) for k in trial.index if k.startswith("final_")},
+            "epochs_run": int(trial["epochs_run"])}
+
+
+def checkpoints(st: Storage, trial: pd.Series) -> list[str]:
+    """The trial's checkpoint files (relative to the sweep folder), newest first."""
+    tdir = str(trial.get("trial_dir") or "")
+    if not tdir:
+        return []
+    dirs = [d for d in st.listdir(tdir) if d.startswith("checkpoint_")]
+    return [f"{tdir}/{d}/checkpoint.pt" for d in sorted(dirs, reverse=True)]
+
+
+def trial_checkpoint(st: Storage, trial: pd.Series) -> tuple[dict, str]:
+    """The newest checkpoint of `trial` that was written completely, loaded, and its URI.
+
+    A truncated newest one (a full disk, a killed upload) is skipped with a warning."""
+    import sys
+
+    from . import checkpoint
+    from .errors import CheckpointError
+
+    for rel in checkpoints(st, trial):
+        try:
+            return checkpoint.load(st.read_bytes(rel), name=st.uri + "/" + rel), f"{st.uri}/{rel}"
+        except CheckpointError as e:
+            print(f"warning: skipping {e}", file=sys.stderr)
+    raise SelectionError(f"trial {trial['trial_id']} has no complete checkpoint under {st.uri}/"
+                         f"{trial.get('trial_dir') or '?'}")

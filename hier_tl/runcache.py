@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from .config import TrainConfig
+from . import checkpoint
+from .config import NOVELTY_KEYS, TrainConfig
+from .fileio import atomic_path
 from .metrics import Outputs
-from .sweep import NOVELTY_KEYS
-
-TRAINING_KEYS = ("epoch", "train_loss", "val_loss", "train_time", "images_per_s", "current_lr")
+from .registry import EPOCH_METRICS
 
 
 class RunCache:
@@ -59,9 +59,29 @@ class RunCache:
             (self.dir / "owner").unlink(missing_ok=True)
             self.owner = False
 
-    def store(self, metrics: dict, outputs: Outputs, save) -> None:
-        """Checkpoint first, then the epoch file: an epoch file implies a checkpoint at least that recent."""
-        save(self.dir / "checkpoint.pt")
-        tmp = self.dir / f".epoch.{os.getpid()}.tmp"
-        torch.save({"metrics": {k: metrics[k] for k in TRAINING_KEYS}, "outputs": outputs.to_dict()}, tmp)
-        os.replace(tmp, self.dir / f"epoch_{metrics['epoch']}.pt")
+    def store(self, report) -> None:
+        """Checkpoint first, then the epoch file: an epoch file implies a checkpoint at least that recent.
+        Every registered training metric is kept (the novelty metrics are re-scored on replay)."""
+        m = report.metrics
+        report.save(self.dir / "checkpoint.pt")
+        with atomic_path(self.dir / f"epoch_{m['epoch']}.pt") as tmp:
+            torch.save({"metrics": {k: m[k] for k in ("epoch", *EPOCH_METRICS.names())},
+                        "outputs": report.outputs.to_dict()}, tmp)
+
+    def replay(self, cfg: TrainConfig, evaluate, send) -> dict | None:
+        """Send every cached epoch re-scored by `evaluate(outputs)` as this trial's own; returns the checkpoint
+        to go on from (None when nothing usable is cached: a gap, or a checkpoint of another epoch)."""
+        epochs = [e for e in self.epochs() if e <= cfg.epochs]
+        path = self.checkpoint()
+        if not epochs or epochs != list(range(1, len(epochs) + 1)) or path is None:
+            return None
+        ckpt = checkpoint.load(path)
+        if int(ckpt["epoch"]) != epochs[-1]:  # written mid-epoch by a killed trial: train afresh
+            return None
+        history = []
+        for e in epochs:
+            train_m, out = self.load(e)
+            history.append({**train_m, **evaluate(out), "epoch_time": 0.0, "replayed": True})
+            own = {**ckpt, "config": cfg.to_dict(), "history": list(history)} if e == epochs[-1] else None
+            send(history[-1], out, own)
+        return {**ckpt, "config": cfg.to_dict(), "history": history}

@@ -7,48 +7,14 @@ Heads are trained over the classes that remain; `LabelSpace` maps head positions
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .data import Dataset
-
-NOVEL = -1  # head-space label meaning "novel at this level"
-
-
-@dataclass(frozen=True)
-class LabelSpace:
-    """What the two heads predict: head position -> mapping-file index, plus the novel indices."""
-
-    supers: tuple[int, ...]
-    subs: tuple[int, ...]
-    sub_parent: tuple[int, ...]  # subclass head position -> superclass head position
-    novel_super: int
-    novel_sub: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LabelSpace":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-    def encode(self, sup: torch.Tensor, sub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mapping-file indices -> head positions (NOVEL where the class is not in the heads)."""
-        return _lookup(self.supers, sup), _lookup(self.subs, sub)
-
-    def decode(self, sup: torch.Tensor, sub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Head positions (NOVEL allowed) -> mapping-file indices with the novel indices."""
-        s = torch.tensor(self.supers + (self.novel_super,))
-        b = torch.tensor(self.subs + (self.novel_sub,))
-        return s[torch.where(sup < 0, len(self.supers), sup)], b[torch.where(sub < 0, len(self.subs), sub)]
-
-
-def _lookup(values: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
-    table = {v: i for i, v in enumerate(values)}
-    return torch.tensor([table.get(int(v), NOVEL) for v in x], dtype=torch.int64)
-
+from .errors import ConfigError
+from .taxonomy import LabelSpace
 
 @dataclass
 class Split:
@@ -61,14 +27,14 @@ class Split:
 
 def make_split(ds: Dataset, val_fraction: float = 0.1, seed: int = 0,
                holdout_subclasses: int = 0, holdout_superclasses: int = 0) -> Split:
-    """Deterministic for a given seed. Raises ValueError when the hold-out would leave nothing to train."""
+    """Deterministic for a given seed. Raises ConfigError when the hold-out would leave nothing to train."""
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
     rng = np.random.default_rng(seed)
     tax = ds.taxonomy
     present_supers = sorted(set(ds.superclass.tolist()))
     if holdout_superclasses >= len(present_supers):
-        raise ValueError(f"holdout_superclasses={holdout_superclasses} leaves no superclass to train on "
+        raise ConfigError(f"holdout_superclasses={holdout_superclasses} leaves no superclass to train on "
                          f"({len(present_supers)} present)")
     held_sup = sorted(int(s) for s in rng.choice(present_supers, holdout_superclasses, replace=False))
     held_sub = []
@@ -77,7 +43,7 @@ def make_split(ds: Dataset, val_fraction: float = 0.1, seed: int = 0,
             continue
         kids = sorted(set(ds.subclass[ds.superclass == s].tolist()))
         if holdout_subclasses >= len(kids):
-            raise ValueError(f"holdout_subclasses={holdout_subclasses} leaves no subclass of superclass "
+            raise ConfigError(f"holdout_subclasses={holdout_subclasses} leaves no subclass of superclass "
                              f"{s} ({tax.superclass.names[s]!r}, {len(kids)} subclasses) to train on")
         held_sub += sorted(int(k) for k in rng.choice(kids, holdout_subclasses, replace=False))
     held = torch.isin(ds.superclass, torch.tensor(held_sup, dtype=torch.int64)) | \

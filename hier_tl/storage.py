@@ -1,72 +1,143 @@
-"""Where a sweep's results live: a local folder or an object-store URI (s3://, gs://) via pyarrow."""
+"""Where a sweep's results live: `<root>/<name>/` on a local disk or in object storage (s3://, gs://, with
+query parameters such as `endpoint_override` kept), read and written through one pyarrow filesystem.
+
+Tables: `trials.parquet` (one small file, rewritten when it changes) and the append-only `epochs/` and
+`thresholds/` folders of Parquet parts (`tables.PartsTable`); readers see them as one table each.
+"""
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from .results import read_parquet, write_parquet
+from .errors import StorageError
+from .fileio import atomic_path
+from .sweep import check_name
+from .tables import PartsTable, read_table
+
+KEYS = {"trials": ("trial_id",), "epochs": ("trial_id", "epoch"),
+        "thresholds": ("trial_id", "epoch", "score", "threshold")}
+
+
+def is_uri(text: str) -> bool:
+    return "://" in str(text) and not str(text).startswith("file://")
 
 
 class Storage:
-    """`<storage>/<name>/` for one sweep; every path method returns a string usable with `self.fs`."""
+    """One sweep folder. `uri` is the exact string to pass back to report / best / predict / --resume."""
 
-    def __init__(self, uri: str, name: str):
-        if "://" in uri and not uri.startswith("file://"):
-            import pyarrow.fs as pafs
-
-            self.fs, root = pafs.FileSystem.from_uri(uri)
-            self.uri = uri.rstrip("/")
+    def __init__(self, root: str, name: str):
+        self.name = check_name(name)
+        root = str(root)
+        if is_uri(root):
+            try:
+                self.fs, base = pafs.FileSystem.from_uri(root)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as e:
+                raise StorageError(f"--storage {root}: not a storage URI pyarrow can open ({e})") from None
+            parts = urlsplit(root)
+            self._query = f"?{parts.query}" if parts.query else ""
+            self._scheme = parts.scheme
         else:
-            self.fs, root = None, str(Path(uri.removeprefix("file://")).expanduser().resolve())
-            self.uri = root
-        self.root = root.rstrip("/")
-        self.name = name
+            self.fs, base = pafs.LocalFileSystem(), str(Path(root.removeprefix("file://")).expanduser().resolve())
+            self._query = self._scheme = ""
+        self.root = base.rstrip("/")
+        self.exp = f"{self.root}/{self.name}"
+
+    @classmethod
+    def open(cls, uri: str) -> "Storage":
+        """The sweep folder at `uri` (what a sweep prints as its results)."""
+        uri = str(uri)
+        parts = urlsplit(uri) if is_uri(uri) else None
+        path = (parts.path if parts else str(Path(uri).expanduser().resolve())).rstrip("/")
+        head, _, name = path.rpartition("/")
+        if parts:
+            root = f"{parts.scheme}://{parts.netloc}{head}" + (f"?{parts.query}" if parts.query else "")
+        else:
+            root = head or "/"
+        return cls(root, name)
 
     @property
     def is_local(self) -> bool:
-        return self.fs is None
+        return isinstance(self.fs, pafs.LocalFileSystem)
 
     @property
-    def exp(self) -> str:
-        """The experiment folder (for Ray: storage_path=self.uri, name=self.name)."""
-        return f"{self.root}/{self.name}"
+    def uri(self) -> str:
+        return self.exp if self.is_local else f"{self._scheme}://{self.exp}{self._query}"
 
     @property
-    def ray_path(self) -> str:
-        """The experiment folder as Ray Tune names it (a local path, or the URI with its scheme)."""
-        return self.exp if self.is_local else f"{self.uri}/{self.name}"
+    def root_uri(self) -> str:
+        return self.root if self.is_local else f"{self._scheme}://{self.root}{self._query}"
 
-    def path(self, filename: str) -> str:
-        return f"{self.exp}/{filename}"
+    def path(self, rel: str) -> str:
+        return f"{self.exp}/{rel}"
 
-    def exists(self, filename: str) -> bool:
+    def exists(self, rel: str = "") -> bool:
+        return self.guard(lambda: self.fs.get_file_info(self.path(rel).rstrip("/")).type != pafs.FileType.NotFound,
+                          "read")
+
+    def read_bytes(self, rel: str) -> bytes:
+        def read():
+            with self.fs.open_input_stream(self.path(rel)) as f:
+                return f.read()
+        return self.guard(read, "read", rel)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Atomic: a local temporary file and a rename, or one PUT to an object store."""
         if self.is_local:
-            return os.path.exists(self.path(filename))
-        import pyarrow.fs as pafs
+            with atomic_path(self.path(rel)) as tmp:
+                tmp.write_bytes(data)
+            return
 
-        return self.fs.get_file_info(self.path(filename)).type != pafs.FileType.NotFound
+        def put():
+            with self.fs.open_output_stream(self.path(rel)) as f:
+                f.write(data)
+        self.guard(put, "write", rel)
 
-    def write_table(self, rows, filename: str) -> None:
-        write_parquet(rows, self.path(filename), self.fs)
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode()
 
-    def read_table(self, filename: str) -> pd.DataFrame:
-        return read_parquet(self.path(filename), self.fs)
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode())
 
-    def write_text(self, filename: str, text: str) -> None:
-        if self.is_local:
-            Path(self.exp).mkdir(parents=True, exist_ok=True)
-            tmp = self.path(f".{filename}.{os.getpid()}.tmp")
-            Path(tmp).write_text(text)
-            os.replace(tmp, self.path(filename))
-        else:
-            with self.fs.open_output_stream(self.path(filename)) as f:
-                f.write(text.encode())
+    def delete(self, rel: str) -> None:
+        self.guard(lambda: self.fs.delete_file(self.path(rel)), "delete", rel)
 
-    def read_text(self, filename: str) -> str:
-        if self.is_local:
-            return Path(self.path(filename)).read_text()
-        with self.fs.open_input_stream(self.path(filename)) as f:
-            return f.read().decode()
+    def listdir(self, rel: str = "") -> list[str]:
+        """Names directly under `rel` (empty when it does not exist)."""
+        sel = pafs.FileSelector(self.path(rel).rstrip("/"), allow_not_found=True)
+        return sorted(i.base_name for i in self.guard(lambda: self.fs.get_file_info(sel), "list", rel))
+
+    def table(self, name: str, **kw) -> PartsTable:
+        return self.guard(lambda: PartsTable(self.fs, self.exp, name, KEYS[name], **kw), "write", name)
+
+    def write_trials(self, rows: list[dict]) -> None:
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False), buf)
+        self.write_bytes("trials.parquet", buf.getvalue())
+
+    def read(self, name: str) -> pd.DataFrame:
+        """A results table as one DataFrame (empty if the sweep has none yet)."""
+        if name == "trials":
+            if not self.exists("trials.parquet"):
+                return pd.DataFrame()
+            return pq.read_table(io.BytesIO(self.read_bytes("trials.parquet"))).to_pandas()
+        return self.guard(lambda: read_table(self.fs, self.exp, name, KEYS[name]), "read", name)
+
+    def guard(self, fn, what: str, rel: str = ""):
+        """Run `fn`; a filesystem failure becomes one StorageError line naming this folder."""
+        try:
+            return fn()
+        except (OSError, pa.ArrowException) as e:
+            raise StorageError(f"cannot {what} {self.uri}{'/' + rel if rel else ''}: "
+                               f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
+
+
+def local_path(uri: str) -> Path | None:
+    """A local folder for `uri`, or None for an object-store URI."""
+    return None if is_uri(uri) else Path(str(uri).removeprefix("file://")).expanduser()

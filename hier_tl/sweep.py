@@ -22,15 +22,19 @@ A sweep file::
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrainConfig, apply_overrides, check_threshold, from_dict, read_yaml
+from .config import NOVELTY_KEYS, ConfigError, Threshold, TrainConfig, apply_overrides, from_dict, read_yaml
+from .registry import SAMPLERS, SCORES, SEARCHERS
+from .synthetic import SynthSpec
 
-SAMPLERS = {"choice": "list", "grid": "list", "uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3}
-TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
-NOVELTY_KEYS = ("threshold", "novelty_score")  # evaluated post-hoc: never a reason to train again
+TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass
@@ -62,20 +66,10 @@ class NoveltySweep:
 
 
 @dataclass
-class SynthConfig:
-    seed: int = 0
-    n_super: int = 3
-    subs_per_super: int = 6
-    per_class: int = 40
-    test_per_class: int = 8
-    size: int = 64
-
-
-@dataclass
 class SweepConfig:
     name: str = "sweep"  # results go to <storage>/<name>/
     data: str = "synthetic"  # dataset folder, or `synthetic`
-    synthetic: SynthConfig = field(default_factory=SynthConfig)  # used when data is `synthetic`
+    synthetic: SynthSpec = field(default_factory=SynthSpec)  # used when data is `synthetic`
     base: dict = field(default_factory=dict)  # TrainConfig keys for every trial
     space: dict = field(default_factory=dict)  # TrainConfig key -> {sampler: args}
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -89,27 +83,51 @@ class SweepConfig:
     smoke: dict = field(default_factory=dict)  # overrides applied by --smoke
 
     def validate(self) -> None:
+        """Everything that can be checked without Ray and without data: nothing trains before a mistake is found."""
+        check_name(self.name, "name")
         from_dict(TrainConfig, self.base, "base.")
         for key, spec in self.space.items():
             _check_sampler(key, spec)
-        if self.search.algo not in ("optuna", "random", "grid"):
-            raise ConfigError(f"search.algo: {self.search.algo!r} is not one of optuna, random, grid")
+        SEARCHERS.get(self.search.algo, where="search.algo")
+        meta = SEARCHERS.meta(self.search.algo)
         grid_keys = [k for k, s in self.space.items() if "grid" in s]
-        if self.search.algo == "optuna" and grid_keys:
-            raise ConfigError(f"space.{grid_keys[0]}: 'grid' needs search.algo grid or random, not optuna")
-        if self.search.algo == "grid" and any("grid" not in s and "choice" not in s for s in self.space.values()):
-            raise ConfigError("search.algo grid: every space entry must be 'grid' or 'choice'")
+        if grid_keys and not meta.get("grid"):
+            raise ConfigError(f"space.{grid_keys[0]}: 'grid' needs search.algo grid or random, not {self.search.algo}")
+        if meta.get("only_lists") and any("grid" not in s and "choice" not in s for s in self.space.values()):
+            raise ConfigError(f"search.algo {self.search.algo}: every space entry must be 'grid' or 'choice'")
         if self.scheduler.kind not in ("asha", "none") or self.scheduler.mode not in ("max", "min"):
             raise ConfigError("scheduler.kind must be asha or none, scheduler.mode max or min")
         if self.num_samples < 1 or self.resources.cpu <= 0 or self.resources.gpu < 0:
             raise ConfigError("num_samples must be >= 1, resources.cpu > 0 and resources.gpu >= 0")
+        if self.scheduler.grace_period < 1 or self.scheduler.reduction_factor < 2:
+            raise ConfigError("scheduler.grace_period must be >= 1 and scheduler.reduction_factor >= 2")
         for i, t in enumerate(self.novelty.thresholds):
-            check_threshold(t, f"novelty.thresholds[{i}]")
-        from .novelty import SCORES
+            Threshold.parse(t, f"novelty.thresholds[{i}]")
+        for i, s in enumerate(self.novelty.scores):
+            SCORES.get(s, where=f"novelty.scores[{i}]")
+        self._check_metric()
+        if meta.get("needs_space") and not self.space:
+            raise ConfigError(f"space: search.algo {self.search.algo} needs at least one key to search "
+                              "(or use search.algo random with num_samples for repeats)")
 
-        for s in self.novelty.scores:
-            if s not in SCORES:
-                raise ConfigError(f"novelty.scores: {s!r} is not one of {', '.join(sorted(SCORES))}")
+    def _check_metric(self) -> None:
+        from .metrics import reported_metrics
+
+        names = reported_metrics(self.scores_reported())
+        if self.scheduler.metric not in names:
+            close = sorted(n for n in names if self.scheduler.metric.split("_")[0] in n)[:8]
+            raise ConfigError(f"scheduler.metric: {self.scheduler.metric!r} is not a metric trials report; e.g. "
+                              f"{', '.join(close or sorted(names)[:12])}")
+
+    def scores_reported(self) -> tuple[str, ...]:
+        """Novelty scores whose AUROC / FPR@95 every epoch reports: the sweep's grid and every trial's own."""
+        own = [self.base.get("novelty_score", TrainConfig.novelty_score)]
+        for key, spec in self.space.items():
+            if "novelty_score" in key.split("+"):
+                (kind, args), = spec.items()
+                i = key.split("+").index("novelty_score")
+                own += [a[i] if "+" in key else a for a in args]
+        return tuple(dict.fromkeys((*self.novelty.scores, *own)))
 
     @property
     def max_epochs(self) -> int:
@@ -132,6 +150,19 @@ class SweepConfig:
     def threshold_only_keys(self) -> list[str]:
         return [k for k in self.space if k in NOVELTY_KEYS]
 
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def check_name(name: str, key: str = "--name") -> str:
+    """A sweep name is one path segment of letters, digits, '.', '_' and '-' (no '/', no '..')."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"{key}: {name!r} is not a valid sweep name: use one folder name of letters, digits, "
+                          "'.', '_' and '-' (no '/', starting with a letter or digit)")
+    return name
+
 
 def expand(sampled: dict[str, Any]) -> dict[str, Any]:
     """Composite keys `a+b: [va, vb]` (several keys that vary together) -> {a: va, b: vb}."""
@@ -147,25 +178,42 @@ def expand(sampled: dict[str, Any]) -> dict[str, Any]:
 def _check_sampler(key: str, spec: Any) -> None:
     where = f"space.{key}"
     parts = key.split("+")
-    bad = [p for p in parts if p not in TRAIN_KEYS]
+    bad = [p for p in parts if p not in TRAIN_FIELDS]
     if bad:
         raise ConfigError(f"{where}: {bad[0]!r} is not a TrainConfig key")
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ConfigError(f"{where}: expected one sampler, e.g. {{choice: [a, b]}} (samplers: {', '.join(SAMPLERS)})")
     (kind, args), = spec.items()
-    if kind not in SAMPLERS:
-        raise ConfigError(f"{where}: unknown sampler {kind!r}; samplers: {', '.join(SAMPLERS)}")
-    n = SAMPLERS[kind]
+    SAMPLERS.get(kind, where=where)
+    n = SAMPLERS.meta(kind)["args"]
     if not isinstance(args, list) or (n == "list" and not args) or (n != "list" and len(args) != n):
         raise ConfigError(f"{where}.{kind}: expected {'a non-empty list' if n == 'list' else f'[{n} numbers]'}")
     if len(parts) > 1 and (n != "list" or any(not isinstance(v, list) or len(v) != len(parts) for v in args)):
         raise ConfigError(f"{where}: a composite key takes choice/grid of [{', '.join(parts)}] lists")
-    values = args if n == "list" else []
-    for v in values:  # each choice must make a valid TrainConfig
+    if n != "list":
+        _check_bounds(where, kind, args)
+    for v in args if n == "list" else args[:2]:  # each choice (each bound) must make a valid TrainConfig
         try:
-            from_dict(TrainConfig, expand({key: v}))
+            from_dict(TrainConfig, expand({key: int(v) if kind == "randint" else v}))
         except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
+            raise ConfigError(f"{where}.{kind}: {e}") from None
+
+
+def _check_bounds(where: str, kind: str, args: list) -> None:
+    """Numeric, finite, ordered bounds; positive for log scales, integers for randint, a positive step."""
+    where = f"{where}.{kind}"
+    for v in args:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"{where}: bound {v!r} is not a number (write 1.0e-3, not 1e-3 in quotes)")
+    lo, hi = args[0], args[1]
+    if not lo < hi:
+        raise ConfigError(f"{where}: lower bound {lo} must be below upper bound {hi}")
+    if kind == "loguniform" and lo <= 0:
+        raise ConfigError(f"{where}: a log scale needs positive bounds, got {lo}")
+    if kind == "randint" and not all(isinstance(v, int) for v in args):
+        raise ConfigError(f"{where}: randint takes integer bounds, got {args}")
+    if kind == "quniform" and not args[2] > 0:
+        raise ConfigError(f"{where}: the step must be positive, got {args[2]}")
 
 
 def load_sweep(path: Path | str, smoke: bool = False, overrides: list[str] | None = None,
@@ -178,8 +226,7 @@ def load_sweep(path: Path | str, smoke: bool = False, overrides: list[str] | Non
     for key, value in (("name", name), ("storage", storage), ("data", data)):
         if value:
             raw[key] = value
-    cfg = from_dict(SweepConfig, raw)
-    return cfg
+    return from_dict(SweepConfig, raw)
 
 
 def deep_merge(a: dict, b: dict) -> dict:

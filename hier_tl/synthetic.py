@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import colorsys
 import csv
+import dataclasses
+import hashlib
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from .data import Dataset, load_dataset
+from .errors import ConfigError
+from .images import cache_dir
 
 GENERATOR_VERSION = 2  # bump when the images change, so cached synthetic sets are regenerated
 SHAPES = ["ellipse", "square", "triangle", "star", "cross", "hexagon", "diamond", "ring"]
@@ -34,9 +42,9 @@ class SynthSpec:
 
     def validate(self) -> None:
         if not 1 <= self.n_super <= len(SHAPES) - 1:
-            raise ValueError(f"n_super must be between 1 and {len(SHAPES) - 1}")
-        if self.subs_per_super < 1 or self.per_class < 1 or self.size < 16:
-            raise ValueError("subs_per_super and per_class must be >= 1 and size >= 16")
+            raise ConfigError(f"n_super must be between 1 and {len(SHAPES) - 1}, got {self.n_super}")
+        if self.subs_per_super < 1 or self.per_class < 1 or self.size < 16 or self.novel_subs_per_super < 0:
+            raise ConfigError("subs_per_super and per_class must be >= 1, novel_subs_per_super >= 0 and size >= 16")
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
@@ -153,3 +161,25 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(header)
         w.writerows(rows)
+
+
+def load_source(source: str, spec: SynthSpec = SynthSpec()) -> Dataset:
+    """A dataset folder, validated and decoded once; `synthetic` is generated once per spec and cached."""
+    if source != "synthetic":
+        return load_dataset(source)
+    key = hashlib.sha256(f"{GENERATOR_VERSION}|{spec!r}".encode()).hexdigest()[:16]
+    root = cache_dir() / "synthetic" / key
+    if not (root / ".complete").exists():
+        tmp = root.with_name(f"{key}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        synthesize(tmp, spec)
+        (tmp / ".complete").touch()
+        if not root.exists():
+            os.replace(tmp, root)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_dataset(root)
+
+
+def spec_fields() -> list[dataclasses.Field]:
+    """The generator's parameters (the CLI's `data synth` options and a sweep's `synthetic:` keys)."""
+    return list(dataclasses.fields(SynthSpec))

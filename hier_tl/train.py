@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -18,30 +17,38 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from . import augment, metrics
-from .config import ConfigError, TrainConfig, from_dict
+from . import augment, checkpoint, metrics, novelty
+from .config import TrainConfig
 from .data import Dataset
-from .metrics import Outputs
-from .novelty import FEATURE_SCORES
+from .errors import ConfigError, DivergedError
+from .metrics import EpochState, Outputs
 from .models import HierNet, build_model
-from .split import NOVEL, LabelSpace, make_split
+from .registry import OPTIMIZERS, SCHEDULES
+from .split import make_split
+from .taxonomy import LabelSpace
 
-ALL_SCORES = ("msp", "maxlogit", "energy")  # logit scores: free to compute at every epoch
 BANK_SIZE = 10000  # training images whose features feature scores (knn) compare against
-Report = Callable[[dict, Callable[[Path], Path], Outputs], None]
 
 
-class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
+@dataclass
+class EpochReport:
+    """What `fit` hands its `report` callback after every epoch."""
+
+    metrics: dict  # `epoch`, the registered training metrics and the validation metrics
+    outputs: Outputs  # validation logits, targets (and features) for post-hoc re-scoring
+    save: Callable[[Path | str], Path]  # save(dir_or_file) writes a resumable checkpoint, returns its path
+    state: Callable[[], dict]  # the same checkpoint as a dict (to store elsewhere than a local file)
+
+
+Report = Callable[[EpochReport], None]
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available here (use device=auto or cpu)")
     return torch.device(name)
 
 
@@ -73,27 +80,35 @@ def _autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-OPTIMIZERS = {
-    "adamw": lambda ps, c: torch.optim.AdamW(ps, lr=c.lr, weight_decay=c.weight_decay, betas=(c.momentum, 0.999)),
-    "sgd": lambda ps, c: torch.optim.SGD(ps, lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum, nesterov=True),
-}
+@OPTIMIZERS.register("adamw")
+def adamw(params, c: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay, betas=(c.momentum, 0.999))
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(params, c: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum, nesterov=True)
+
+
+@SCHEDULES.register("cosine")
+def cosine(t: float) -> float:
+    return 0.5 * (1 + math.cos(math.pi * t))
+
+
+@SCHEDULES.register("constant")
+def constant(t: float) -> float:
+    return 1.0
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
-    return OPTIMIZERS[cfg.optimizer]([p for p in model.parameters() if p.requires_grad], cfg)
-
-
-SCHEDULES = {"cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t)), "constant": lambda t: 1.0}
+    return OPTIMIZERS.get(cfg.optimizer, "optimizer")([p for p in model.parameters() if p.requires_grad], cfg)
 
 
 def make_schedule(cfg: TrainConfig, opt, steps_per_epoch: int):
-    if cfg.schedule not in SCHEDULES:
-        raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    """Linear warmup for `warmup_epochs`, then the registered schedule over the remaining steps."""
     warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
     total = max(warm + 1, cfg.epochs * steps_per_epoch)
-    after = SCHEDULES[cfg.schedule]
+    after = SCHEDULES.get(cfg.schedule, "schedule")
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else after(min(1.0, (s - warm) / (total - warm))))
 
@@ -150,55 +165,14 @@ def infer(model: HierNet, X: torch.Tensor, norm, size: int, batch: int = 512,
     return torch.cat(sup), torch.cat(sub), torch.cat(feats)
 
 
-def validation_loss(out: Outputs) -> float:
-    """Cross-entropy of both heads on seen validation images (novel ones have no target)."""
-    loss = 0.0
-    for lvl in metrics.LEVELS:
-        t = out.target(lvl)
-        keep = t != NOVEL
-        if keep.any():
-            loss += float(F.cross_entropy(out.logits(lvl)[keep], t[keep]))
-    return loss
-
-
-def save_checkpoint(path: Path, model, opt, sched, epoch: int, cfg: TrainConfig, space: LabelSpace,
-                    history: list[dict], norm, data_side: int, bank: torch.Tensor | None = None) -> Path:
-    """Atomic write of everything needed to resume or predict (loadable with weights_only=True)."""
-    path = Path(path)
-    if path.suffix != ".pt":
-        path = path / "checkpoint.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "epoch": epoch, "config": cfg.to_dict(), "space": space.to_dict(), "history": history,
-             "norm": [list(norm[0]), list(norm[1])], "data_side": data_side, "bank": bank,
-             "rng": torch.get_rng_state(),
-             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    return atomic_save(state, path)
-
-
-def atomic_save(obj, path: Path) -> Path:
-    """torch.save through a temporary file and a rename: a crash never leaves a half-written file."""
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def load_checkpoint(path: Path | str) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def model_from_checkpoint(ckpt: dict, device: str = "cpu") -> tuple[HierNet, TrainConfig, LabelSpace, tuple]:
-    """Rebuild the trained model without fetching any pretrained weights (they are in the checkpoint)."""
-    cfg = from_dict(TrainConfig, ckpt["config"])
-    space = LabelSpace.from_dict(ckpt["space"])
-    model, _ = build_model(cfg.replace(weights="none"), len(space.supers), len(space.subs))
-    model.load_state_dict(ckpt["model"])
-    norm = (tuple(ckpt["norm"][0]), tuple(ckpt["norm"][1]))
-    return model.to(resolve_device(device)), cfg, space, norm
+def checkpoint_state(model, opt, sched, epoch: int, cfg: TrainConfig, space: LabelSpace, history: list[dict],
+                     norm, data_side: int, bank: torch.Tensor | None = None) -> dict:
+    """Everything needed to resume or predict (loadable with weights_only=True)."""
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "epoch": epoch, "config": cfg.to_dict(), "space": space.to_dict(), "history": history,
+            "norm": [list(norm[0]), list(norm[1])], "data_side": data_side, "bank": bank,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def _restore(ckpt: dict, model, opt, sched) -> tuple[int, list[dict]]:
@@ -211,63 +185,117 @@ def _restore(ckpt: dict, model, opt, sched) -> tuple[int, list[dict]]:
     return int(ckpt["epoch"]), list(ckpt["history"])
 
 
-def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
-        resume: Path | str | dict | None = None, scores: tuple[str, ...] = ALL_SCORES) -> FitResult:
-    """Train `cfg` on `data`; after every epoch call `report(metrics, save_checkpoint, outputs)`.
+@dataclass
+class _Run:
+    """The state `fit` works on: the model, its optimiser and the data on the device."""
 
-    `save_checkpoint(dir_or_file)` writes a resumable checkpoint and returns its path; `outputs` holds the
-    epoch's validation logits and targets for post-hoc re-scoring. `resume` is a checkpoint (path or
-    loaded dict) to continue from. Raises DivergedError on a NaN or infinite loss.
-    """
+    cfg: TrainConfig
+    model: HierNet
+    opt: torch.optim.Optimizer
+    sched: object
+    space: LabelSpace
+    norm: tuple
+    X: torch.Tensor  # uint8 images on the device
+    y_sup: torch.Tensor
+    y_sub: torch.Tensor
+    train: torch.Tensor  # row indices on the device
+    val: torch.Tensor
+    size: int
+    bank: bool  # whether validation also computes the training-feature bank
+
+    def validate(self) -> Outputs:
+        c, m = self.cfg, self.model
+        sup_l, sub_l, feats = infer(m, self.X[self.val], self.norm, self.size, c.eval_batch_size, c.precision, c.tta)
+        bank = infer(m, self.X[self.train[:BANK_SIZE]], self.norm, self.size, c.eval_batch_size, c.precision,
+                     c.tta)[2] if self.bank else None  # unaugmented training features, for feature scores
+        return Outputs(sup_l, sub_l, self.y_sup[self.val].cpu(), self.y_sub[self.val].cpu(), self.space,
+                       feats if self.bank else None, bank)
+
+    def state(self, epoch: int, history: list[dict], bank) -> dict:
+        return checkpoint_state(self.model, self.opt, self.sched, epoch, self.cfg, self.space, history, self.norm,
+                                self.X.shape[-1], bank)
+
+
+def _prepare(cfg: TrainConfig, data: Dataset, scores: tuple[str, ...]) -> _Run:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     split = make_split(data, cfg.val_fraction, cfg.split_seed, cfg.holdout_subclasses, cfg.holdout_superclasses)
-    space = split.space
-    model, bb = build_model(cfg, len(space.supers), len(space.subs))
+    model, bb = build_model(cfg, len(split.space.supers), len(split.space.subs))
     model.to(device=device, memory_format=torch.channels_last)
-    bf16 = use_bf16(device, cfg.precision)
-    size = cfg.image_size or data.images.shape[-1]
-    X = data.images.to(device)
-    y_sup, y_sub = (t.to(device) for t in space.encode(data.superclass, data.subclass))
-    tr, va = split.train.to(device), split.val
-    steps = max(1, math.ceil(len(tr) / cfg.batch_size))
+    y_sup, y_sub = (t.to(device) for t in split.space.encode(data.superclass, data.subclass))
+    tr = split.train.to(device)
     opt = make_optimizer(cfg, model)
-    sched = make_schedule(cfg, opt, steps)
+    sched = make_schedule(cfg, opt, max(1, math.ceil(len(tr) / cfg.batch_size)))
+    bank = any(novelty.needs_features(s) for s in {cfg.novelty_score, *scores})
+    return _Run(cfg, model, opt, sched, split.space, bb.norm, data.images.to(device), y_sup, y_sub, tr,
+                split.val.to(device), cfg.image_size or data.images.shape[-1], bank)
+
+
+def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
+        resume: Path | str | dict | None = None, scores: tuple[str, ...] = ()) -> FitResult:
+    """Train `cfg` on `data`; after every epoch call `report(EpochReport)`.
+
+    Metrics are the registered training metrics (`metrics.EPOCH_METRICS`) plus the validation metrics of the
+    config's novelty score and threshold, with AUROC / FPR@95 of every logit score and of `scores`.
+    `resume` is a checkpoint (path or loaded dict) to continue from. Raises DivergedError on a NaN loss.
+    """
+    scores = tuple(dict.fromkeys((*novelty.logit_scores(), *scores)))
+    run = _prepare(cfg, data, scores)
+    device, bf16 = run.X.device, use_bf16(run.X.device, cfg.precision)
     start, history = 0, []
     if resume is not None:
-        start, history = _restore(resume if isinstance(resume, dict) else load_checkpoint(resume), model, opt, sched)
-    va_dev = va.to(device)
-
-    want_bank = bool({cfg.novelty_score, *scores} & FEATURE_SCORES)
-
-    def validate() -> Outputs:
-        sup_l, sub_l, feats = infer(model, X[va_dev], bb.norm, size, cfg.eval_batch_size, cfg.precision, cfg.tta)
-        bank = None
-        if want_bank:  # training features, unaugmented, for feature-space novelty scores
-            bank = infer(model, X[tr[:BANK_SIZE]], bb.norm, size, cfg.eval_batch_size, cfg.precision,
-                         cfg.tta)[2]
-        return Outputs(sup_l, sub_l, y_sup[va_dev].cpu(), y_sub[va_dev].cpu(), space,
-                       feats if want_bank else None, bank)
-
+        start, history = _restore(resume if isinstance(resume, dict) else checkpoint.load(resume),
+                                  run.model, run.opt, run.sched)
     out = None
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
-        loss_sum = train_one_epoch(model, opt, sched, X, y_sup, y_sub, tr, cfg, bb.norm, size, device, bf16)
-        train_loss = float(loss_sum) / len(tr)  # the one host sync per epoch
+        loss_sum = train_one_epoch(run.model, run.opt, run.sched, run.X, run.y_sup, run.y_sub, run.train, cfg,
+                                   run.norm, run.size, device, bf16)
+        train_loss = float(loss_sum) / len(run.train)  # the one host sync per epoch
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss is {train_loss} at epoch {epoch + 1} "
                                 f"(lr={cfg.lr}, backbone={cfg.backbone}); lower the learning rate")
         train_time = time.perf_counter() - t0
-        out = validate()
-        m = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": validation_loss(out)}
-        m.update(metrics.evaluate(out, space, cfg.novelty_score, cfg.threshold, scores))
-        m.update(epoch_time=time.perf_counter() - t0, train_time=train_time,
-                 images_per_s=len(tr) / train_time, current_lr=sched.get_last_lr()[0])
+        out = run.validate()
+        m = metrics.evaluate(out, run.space, cfg.novelty_score, cfg.threshold, scores)
+        m = {**metrics.epoch_metrics(EpochState(epoch + 1, train_loss, len(run.train), train_time,
+                                                time.perf_counter() - t0, run.sched.get_last_lr()[0], out)), **m}
         history.append(m)
         if report is not None:
-            def save(path, _e=epoch + 1, _h=list(history), _b=out.bank):
-                return save_checkpoint(path, model, opt, sched, _e, cfg, space, _h, bb.norm, X.shape[-1], _b)
-            report(m, save, out)
+            def state(_e=epoch + 1, _h=list(history), _b=out.bank):
+                return run.state(_e, _h, _b)
+            report(EpochReport(m, out, lambda path, _s=state: checkpoint.save(_s(), path), state))
     if out is None:  # resumed after the last epoch: evaluate once so callers get outputs
-        out = validate()
-    return FitResult(model, space, out, history, bb.norm)
+        out = run.validate()
+    return FitResult(run.model, run.space, out, history, run.norm)
+
+
+def train_to_folder(cfg: TrainConfig, data: Dataset, out: Path | str, log=print) -> FitResult:
+    """`hier-tl train`: config.yaml, metrics.parquet (a row per epoch with config, seed and code version),
+    val_outputs.pt and checkpoint.pt in `out`, each rewritten atomically after every epoch."""
+    import pandas as pd
+
+    from .config import to_yaml
+    from .fileio import atomic_path, write_text
+    from .results import config_columns
+
+    out = Path(out)
+    write_text(out / "config.yaml", to_yaml(cfg))
+    rows = []
+
+    def report(r: EpochReport) -> None:
+        m = r.metrics
+        rows.append({**config_columns(cfg), **m})
+        with atomic_path(out / "metrics.parquet") as tmp:
+            pd.DataFrame(rows).to_parquet(tmp, index=False)
+        with atomic_path(out / "val_outputs.pt") as tmp:
+            torch.save(r.outputs.to_dict(), tmp)
+        r.save(out / "checkpoint.pt")
+        log(f"epoch {m['epoch']}/{cfg.epochs}  loss {m['train_loss']:.3f}/{m['val_loss']:.3f}  "
+            f"super {m['seen_super_acc']:.3f}  sub {m['seen_sub_acc']:.3f}  "
+            f"novel {m['novel_super_acc']:.3f}/{m['novel_sub_acc']:.3f}  objective {m['objective']:.3f}  "
+            f"{m['images_per_s']:.0f} img/s  {m['epoch_time']:.1f} s")
+
+    result = fit(cfg, data, report)
+    log(f"wrote {out}/config.yaml, metrics.parquet, val_outputs.pt, checkpoint.pt")
+    return result

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from hier_tl import data as D
+from hier_tl.images import numeric_key
 from hier_tl.cli import main
 
 
@@ -39,7 +40,8 @@ def test_loads_layout_and_taxonomy_from_csv(synth_ds):
 
 def test_second_load_comes_from_cache_without_decoding(synth_copy, monkeypatch):
     first = D.load_dataset(synth_copy)
-    monkeypatch.setattr(D, "_decode_one", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
+    from hier_tl import images as I
+    monkeypatch.setattr(I, "_decode_one", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
     second = D.load_dataset(synth_copy)
     assert (first.images == second.images).all() and first.names == second.names
 
@@ -54,7 +56,7 @@ def test_cache_is_invalidated_when_an_image_changes(synth_copy):
 
 
 def test_modes_and_sizes_are_converted_with_a_note(synth_copy):
-    names = sorted(os.listdir(synth_copy / "train_images"), key=D.numeric_key)
+    names = sorted(os.listdir(synth_copy / "train_images"), key=numeric_key)
     Image.new("L", (64, 64), 128).save(synth_copy / "train_images" / names[0])
     Image.new("RGBA", (64, 64), (1, 2, 3, 4)).save(synth_copy / "train_images" / names[1], format="PNG")
     Image.new("P", (64, 64)).save(synth_copy / "train_images" / names[2], format="PNG")
@@ -190,7 +192,7 @@ def test_many_problems_are_capped_with_a_count(synth_copy, capsys):
 
 
 def test_sixteen_bit_images_are_rescaled_not_clipped(synth_copy):
-    names = sorted(os.listdir(synth_copy / "train_images"), key=D.numeric_key)
+    names = sorted(os.listdir(synth_copy / "train_images"), key=numeric_key)
     arr = np.full((64, 64), 32768, dtype=np.uint16)  # mid-grey at 16 bits
     Image.fromarray(arr).save(synth_copy / "train_images" / names[0], format="PNG")
     ds = D.load_dataset(synth_copy)

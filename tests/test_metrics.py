@@ -7,7 +7,7 @@ import torch
 
 from hier_tl import metrics
 from hier_tl.cli import main
-from hier_tl.split import NOVEL, LabelSpace
+from hier_tl.taxonomy import NOVEL, LabelSpace
 
 
 def test_accuracy_seen_and_novel():

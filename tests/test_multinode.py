@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from hier_tl import load_results
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -68,7 +70,7 @@ def test_sweep_spreads_over_nodes_into_one_storage(cluster, tmp_path):
     trials = pd.read_parquet(tmp_path / "results" / "mn" / "trials.parquet")
     assert len(trials) == 4 and (trials.status == "completed").all()
     assert trials.node_id.nunique() >= 2  # trials ran on more than one node
-    epochs = pd.read_parquet(tmp_path / "results" / "mn" / "epochs.parquet")
+    epochs = load_results(tmp_path / "results" / "mn").epochs
     assert len(epochs) == 8
 
 
@@ -77,19 +79,19 @@ def test_lost_worker_node_trials_resume_elsewhere(cluster, tmp_path):
     epochs = 40  # long enough that the trial is still running when its node is killed after epoch 2
     proc = hier_tl(["sweep", str(sweep_file(tmp_path, epochs, 2, max_failures=3)), "--address", address], env,
                    tmp_path / "log")
-    epochs_file = tmp_path / "results" / "mn" / "epochs.parquet"
+    epochs_file = tmp_path / "results" / "mn"
     victim_node = None
     t0 = time.time()
     while time.time() - t0 < 180 and victim_node is None:  # wait until a trial has reported 2 epochs
         time.sleep(0.3)
         try:
-            e = pd.read_parquet(epochs_file)
+            e = load_results(epochs_file).epochs
         except Exception:
             continue
-        if (e.epoch >= 2).any():
+        if len(e) and (e.epoch >= 2).any():
             victim_node = e[e.epoch >= 2].node_id.iloc[0]
     assert victim_node, "no trial reported two epochs in time"
-    before = pd.read_parquet(epochs_file)
+    before = load_results(epochs_file).epochs
     assert before[before.node_id == victim_node].epoch.max() < epochs, "the trial finished before the kill"
     # kill the worker node (raylet and everything started from its temp dir) that runs that trial
     ps = subprocess.run(["ps", "-ewwo", "pid=,args="], capture_output=True, text=True).stdout
@@ -107,7 +109,7 @@ def test_lost_worker_node_trials_resume_elsewhere(cluster, tmp_path):
     proc.wait(timeout=400)
     assert proc.returncode == 0, (tmp_path / "log").read_text()
     trials = pd.read_parquet(tmp_path / "results" / "mn" / "trials.parquet")
-    after = pd.read_parquet(epochs_file)
+    after = load_results(epochs_file).epochs
     assert (trials.status == "completed").all()
     for tid, g in after.groupby("trial_id"):
         assert sorted(g.epoch) == list(range(1, epochs + 1))  # no reported epoch lost or duplicated

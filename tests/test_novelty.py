@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hier_tl import novelty
-from hier_tl.split import NOVEL, LabelSpace
+from hier_tl.taxonomy import NOVEL, LabelSpace
 
 SPACE = LabelSpace(supers=(0, 1), subs=(10, 11, 12), sub_parent=(0, 0, 1), novel_super=2, novel_sub=13)
 
@@ -53,8 +53,8 @@ def test_threshold_specs():
     assert float((seen >= t).float().mean()) == pytest.approx(0.95, abs=0.011)
     with pytest.raises(ValueError):
         novelty.resolve_threshold("tpr:1.5", seen)
-    with pytest.raises(Exception, match="unknown novelty score"):
-        novelty.get_score("odin")
+    with pytest.raises(ValueError, match="unknown novelty score 'odin'"):
+        novelty.compute("odin", torch.zeros(1, 2))
 
 
 def test_knn_scores_by_distance_to_the_kth_training_feature():
@@ -62,6 +62,6 @@ def test_knn_scores_by_distance_to_the_kth_training_feature():
     near = torch.tensor([[1.0, 0.01, 0, 0]])
     far = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
     assert novelty.knn(near, bank) > novelty.knn(far, bank)
-    assert "knn" in novelty.FEATURE_SCORES
+    assert novelty.needs_features("knn") and not novelty.needs_features("msp")
     with pytest.raises(ValueError, match="needs features"):
         novelty.compute("knn", torch.zeros(1, 2))

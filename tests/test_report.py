@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from hier_tl import load_results
 from hier_tl.cli import main
 
 pytestmark = pytest.mark.slow
@@ -20,7 +21,7 @@ def sweep(tmp_path_factory):
     spec = {
         "name": "r", "data": "synthetic", "synthetic": synth,
         "base": {"backbone": "cnn_tiny", "epochs": 4, "batch_size": 16, "val_fraction": 0.25, "lr": 0.005,
-                 "threshold": "tpr:0.95"},
+                 "threshold": "tpr:0.95", "holdout_subclasses": 1},
         "space": {"depth": {"grid": ["full", "partial"]}, "mixup_alpha": {"grid": [0.0, 0.2]}},
         "search": {"algo": "grid"}, "scheduler": {"kind": "asha", "grace_period": 1, "reduction_factor": 2},
         "num_samples": 1, "resources": {"cpu": 1}, "storage": str(tmp / "results"),
@@ -28,9 +29,10 @@ def sweep(tmp_path_factory):
     }
     (tmp / "s.yaml").write_text(yaml.safe_dump(spec))
     assert main(["sweep", str(tmp / "s.yaml")]) == 0
-    from hier_tl.tune import prepare_data
     from hier_tl.sweep import load_sweep
-    return tmp / "results" / "r", prepare_data(load_sweep(tmp / "s.yaml")).root
+    from hier_tl.synthetic import load_source
+    sw = load_sweep(tmp / "s.yaml")
+    return tmp / "results" / "r", load_source(sw.data, sw.synthetic).root
 
 
 def test_report_numbers_equal_the_parquet(sweep, tmp_path, capsys):
@@ -38,8 +40,9 @@ def test_report_numbers_equal_the_parquet(sweep, tmp_path, capsys):
     assert main(["report", str(results), "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "sweep state: finished" in out
-    for f in ("report.md", "report.html", "curves.png", "tradeoff.png", "rungs.png"):
-        assert (tmp_path / f).is_file() and (tmp_path / f).stat().st_size > 0
+    for f in ("report.md", "report.html", "curves.png", "tradeoff.png", "rungs.png", "pareto.png",
+              "hpo_parallel.png", "hpo_history.png", "hpo_intermediate.png"):
+        assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" or f.startswith("report"), f
     assert "data:image/png;base64," in (tmp_path / "report.html").read_text()  # self-contained
     from hier_tl.report import comparison_table
     trials = pd.read_parquet(results / "trials.parquet")
@@ -50,11 +53,17 @@ def test_report_numbers_equal_the_parquet(sweep, tmp_path, capsys):
         group = trials[(trials.backbone == t.backbone) & (trials.depth == t.depth)]
         assert t.final_objective == group.final_objective.max()
         assert row[table.columns.get_loc("seen super")] == t.final_seen_super_acc
-        assert row[table.columns.get_loc("novel sub")] == t.final_novel_sub_acc or pd.isna(t.final_novel_sub_acc)
+        assert not pd.isna(t.final_novel_sub_acc)  # one subclass per superclass is held out as novel
+        assert row[table.columns.get_loc("novel sub")] == t.final_novel_sub_acc
         assert row[table.columns.get_loc("trials")] == len(group)
         assert row[table.columns.get_loc("compute s")] == pytest.approx(group.compute_s.sum())
     md = (tmp_path / "report.md").read_text()
-    assert str(table["objective"].iloc[0]) in md
+    best = table.iloc[0]
+    assert f"{100 * best['seen sub']:.1f}%" in md and f"{best['lr']:.1e}" in md  # formatted as in the terminal
+    assert str(best["seen sub"]) not in md  # no raw floats
+    # the trade-off is drawn from real novel accuracies, and the table says where each row sits on the front
+    th = load_results(results).thresholds
+    assert th.novel_sub_acc.notna().all() and "front sub" in table_written(tmp_path)
 
 
 def test_report_on_a_partial_sweep_says_so(sweep, tmp_path, capsys):
@@ -144,6 +153,7 @@ def test_predict_all_variants_and_trial_and_errors(sweep, tmp_path, capsys):
                  "--trial", "nope"]) == 2
     assert "no trial 'nope'" in capsys.readouterr().err
     assert main(["predict", str(tmp_path), "--images", str(data / "test_images"), "--out", str(out)]) == 2
+    assert "no trials.parquet here" in capsys.readouterr().err
 
 
 def test_predict_on_a_folder_without_readable_images(sweep, tmp_path, capsys):
@@ -180,3 +190,7 @@ def test_predict_from_a_train_run_folder(synth_dir, tmp_path):
     assert main(["predict", str(run), "--images", str(synth_dir / "test_images"), "--out", str(out),
                  "--threshold", "0.5"]) == 0
     assert len(pd.read_csv(out)) == len(list((synth_dir / "test_images").iterdir()))
+
+
+def table_written(folder) -> str:
+    return (folder / "report.md").read_text().split("\n## ")[0]

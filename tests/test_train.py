@@ -7,7 +7,9 @@ import torch
 from hier_tl import augment
 from hier_tl.cli import main
 from hier_tl.config import TrainConfig
-from hier_tl.train import DivergedError, fit, infer, load_checkpoint, model_from_checkpoint
+from hier_tl import checkpoint, metrics, novelty
+from hier_tl.errors import DivergedError
+from hier_tl.train import fit, infer
 
 FAST = dict(backbone="cnn_tiny", batch_size=32, lr=3e-3, val_fraction=0.25, eval_batch_size=256)
 
@@ -22,7 +24,7 @@ def learn_ds(tmp_path_factory):
 
 def test_a_few_epochs_beat_chance_by_a_wide_margin(learn_ds):
     seen = []
-    res = fit(TrainConfig(epochs=5, threshold=0.0, **FAST), learn_ds, lambda m, save, out: seen.append(m))
+    res = fit(TrainConfig(epochs=5, threshold=0.0, **FAST), learn_ds, lambda r: seen.append(r.metrics))
     assert [m["epoch"] for m in seen] == [1, 2, 3, 4, 5] and len(res.history) == 5
     last = seen[-1]
     assert last["seen_super_acc"] > 0.6 and last["seen_sub_acc"] > 0.35, last  # chance: 1/3 and 1/9
@@ -34,10 +36,10 @@ def test_a_few_epochs_beat_chance_by_a_wide_margin(learn_ds):
 def test_checkpoint_round_trip_gives_identical_logits(synth_ds, tmp_path):
     saved = {}
 
-    def report(m, save, out):
-        saved["path"] = save(tmp_path)
+    def report(r):
+        saved["path"] = r.save(tmp_path)
     res = fit(TrainConfig(epochs=1, **FAST), synth_ds, report)
-    model, cfg, space, norm = model_from_checkpoint(load_checkpoint(saved["path"]))
+    model, cfg, space, norm = checkpoint.model_from(checkpoint.load(saved["path"]))
     a = infer(res.model, synth_ds.images[:20], res.norm, 64)
     b = infer(model, synth_ds.images[:20], norm, 64)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
@@ -61,9 +63,9 @@ def test_resume_continues_from_the_checkpoint_exactly(synth_ds, tmp_path):
     full = fit(cfg, synth_ds)
     ckpt = {}
 
-    def stop_after_one(m, save, out):
-        if m["epoch"] == 1:
-            ckpt["p"] = save(tmp_path)
+    def stop_after_one(r):
+        if r.metrics["epoch"] == 1:
+            ckpt["p"] = r.save(tmp_path)
     fit(cfg.replace(epochs=3), synth_ds, stop_after_one)
     resumed = fit(cfg, synth_ds, resume=ckpt["p"])
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
@@ -97,11 +99,21 @@ def test_train_command_rejects_unknown_keys(synth_dir, tmp_path, capsys):
 def test_feature_score_knn_end_to_end(synth_ds, tmp_path):
     saved = {}
     res = fit(TrainConfig(epochs=1, novelty_score="knn", threshold="tpr:0.95", holdout_subclasses=1, **FAST),
-              synth_ds, lambda m, save, out: saved.__setitem__("p", save(tmp_path)))
-    m = res.history[-1]
-    assert 0 <= m["auroc_sub_knn"] <= 1 and res.outputs.bank is not None
+              synth_ds, lambda r: saved.__setitem__("p", r.save(tmp_path)))
+    m, out = res.history[-1], res.outputs
+    assert out.bank is not None and out.feats is not None
+    # the reported AUROC is the knn score's, computed from the saved features and the training bank
+    seen = out.sub_target != -1
+    assert m["auroc_sub_knn"] == pytest.approx(metrics.auroc(novelty.knn(out.feats, out.bank), seen))
     from hier_tl.predict import Predictor
+    from hier_tl.split import make_split
     p = Predictor.from_checkpoint(saved["p"])
-    assert p.bank is not None and p.score == "knn"
-    sup, sub = p.predict(synth_ds.images[:10], progress=False)
-    assert len(sup) == 10
+    assert p.score == "knn" and torch.equal(p.bank, out.bank)
+    # predicting the validation images from the checkpoint reproduces the validation decisions exactly
+    cfg = TrainConfig(epochs=1, novelty_score="knn", threshold="tpr:0.95", holdout_subclasses=1, **FAST)
+    val = make_split(synth_ds, cfg.val_fraction, cfg.split_seed, cfg.holdout_subclasses).val
+    sup, sub = p.predict(synth_ds.images[val], progress=False)
+    want = res.space.decode(*novelty.predict(out.super_logits, out.sub_logits, res.space, "knn",
+                                             m["threshold_super"], m["threshold_sub"], out.feats, out.bank))
+    assert torch.equal(sup, want[0]) and torch.equal(sub, want[1])
+    assert (sub == res.space.novel_sub).any()  # the held-out subclass is flagged somewhere

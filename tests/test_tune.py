@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from hier_tl import load_results
 from hier_tl.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +43,8 @@ def test_sweep_writes_parquet_matching_what_trials_reported(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "backbone" in out and "objective" in out  # the comparison table
     exp = tmp_path / "results" / "t"
-    trials, epochs = pd.read_parquet(exp / "trials.parquet"), pd.read_parquet(exp / "epochs.parquet")
-    thresholds = pd.read_parquet(exp / "thresholds.parquet")
+    trials, epochs = pd.read_parquet(exp / "trials.parquet"), load_results(exp).epochs
+    thresholds = load_results(exp).thresholds
     assert len(trials) == 3 and set(trials.status) <= {"completed", "stopped"}
     for col in ("trial_id", "status", "error", "backbone", "lr", "mixup_alpha", "seed", "epochs_run", "wall_s",
                 "compute_s", "node", "device", "hier_tl_version", "git_commit", "best_objective", "final_objective"):
@@ -136,14 +137,14 @@ def test_sigint_then_resume_keeps_finished_trials_and_ids(tmp_path):
     assert proc.returncode == 130, out
     assert "--resume" in out
     before = pd.read_parquet(trials_file)
-    before_epochs = pd.read_parquet(tmp_path / "results" / "t" / "epochs.parquet")
+    before_epochs = load_results(tmp_path / "results" / "t").epochs
     done = set(before[before.status == "completed"].trial_id)
     assert "interrupted" in set(before.status)
 
     res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     after = pd.read_parquet(trials_file)
-    after_epochs = pd.read_parquet(tmp_path / "results" / "t" / "epochs.parquet")
+    after_epochs = load_results(tmp_path / "results" / "t").epochs
     assert set(before.trial_id) <= set(after.trial_id) and len(after) == 4  # Optuna's count continued
     assert (after.status == "completed").all()
     for tid in done:  # finished trials were not rerun: their epoch rows are untouched
@@ -160,7 +161,7 @@ def test_trials_differing_only_in_threshold_share_one_training_run(tmp_path):
     assert main(["sweep", str(p)]) == 0
     exp = tmp_path / "results" / "t"
     trials = pd.read_parquet(exp / "trials.parquet").sort_values("threshold")
-    epochs = pd.read_parquet(exp / "epochs.parquet")
+    epochs = load_results(exp).epochs
     assert (trials.status == "completed").all() and len(trials) == 3
     replayed = epochs.groupby("trial_id").replayed.apply(lambda s: bool(s.fillna(False).all()))
     assert replayed.sum() == 2  # one trial trained, the other two replayed its epochs
@@ -172,7 +173,9 @@ def test_trials_differing_only_in_threshold_share_one_training_run(tmp_path):
     assert trials.final_threshold_sub.nunique() == 3
     assert trained in set(trials.trial_id)
     # a replayed trial's checkpoint is its own: predict uses its threshold, not the trained trial's
-    from hier_tl.predict import Predictor, trial_checkpoint
+    from hier_tl.predict import Predictor
+    from hier_tl.results import trial_checkpoint
+    from hier_tl.storage import Storage
     for t in trials[trials.trial_id.isin(replayed[replayed].index)].itertuples():
-        p = Predictor.from_checkpoint(trial_checkpoint(exp, pd.Series(t._asdict())))
+        p = Predictor.from_checkpoint(trial_checkpoint(Storage.open(str(exp)), pd.Series(t._asdict()))[0])
         assert p.thr_super == pytest.approx(float(t.threshold))

@@ -1,0 +1,91 @@
+"""A sweep file's `space` and `search` as Ray Tune sees them: samplers and search algorithms, registered by
+name. Ray is imported inside the functions, so validating a sweep file never starts or imports Ray."""
+
+from __future__ import annotations
+
+import math
+
+from .registry import SAMPLERS, SEARCHERS
+from .sweep import SweepConfig
+
+
+@SAMPLERS.register("choice", args="list")
+def choice(args):
+    from ray import tune
+    return tune.choice(args)
+
+
+@SAMPLERS.register("grid", args="list")
+def grid(args):
+    from ray import tune
+    return tune.grid_search(args)
+
+
+@SAMPLERS.register("uniform", args=2)
+def uniform(args):
+    from ray import tune
+    return tune.uniform(*args)
+
+
+@SAMPLERS.register("loguniform", args=2)
+def loguniform(args):
+    from ray import tune
+    return tune.loguniform(*args)
+
+
+@SAMPLERS.register("randint", args=2)
+def randint(args):
+    from ray import tune
+    return tune.randint(*args)
+
+
+@SAMPLERS.register("quniform", args=3)
+def quniform(args):
+    from ray import tune
+    return tune.quniform(*args)
+
+
+def param_space(sweep: SweepConfig) -> dict:
+    """Tune's param_space: every key through its sampler (`search.algo: grid` turns choices into grids)."""
+    lists_as_grid = SEARCHERS.meta(sweep.search.algo).get("only_lists")
+    out = {}
+    for key, spec in sweep.space.items():
+        (kind, args), = spec.items()
+        out[key] = SAMPLERS.get("grid" if lists_as_grid else kind)(args)
+    return out
+
+
+@SEARCHERS.register("optuna", needs_space=True)
+def optuna_search(sweep: SweepConfig, journal: str | None = None):
+    """TPE, seeded; the study lives in an Optuna journal file when `journal` is given (optuna-dashboard)."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage = None
+    if journal:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = JournalStorage(JournalFileBackend(journal))
+    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=sweep.search.seed), storage=storage,
+                        study_name=sweep.name if storage else None)
+
+
+@SEARCHERS.register("random", grid=True)
+def random_search(sweep: SweepConfig, journal: str | None = None):
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    return BasicVariantGenerator(random_state=sweep.search.seed, max_concurrent=sweep.max_concurrent)
+
+
+@SEARCHERS.register("grid", grid=True, only_lists=True)
+def grid_search(sweep: SweepConfig, journal: str | None = None):
+    return random_search(sweep)
+
+
+def expected_trials(sweep: SweepConfig) -> int:
+    """How many trials the sweep runs in all (grids multiply; optuna samples num_samples)."""
+    if SEARCHERS.meta(sweep.search.algo).get("needs_space"):
+        return sweep.num_samples
+    sizes = [len(next(iter(s.values()))) for s in sweep.space.values()
+             if "grid" in s or SEARCHERS.meta(sweep.search.algo).get("only_lists")]
+    return math.prod(sizes) * sweep.num_samples

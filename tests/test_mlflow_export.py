@@ -1,0 +1,206 @@
+"""hier_tl.mlflow_export against a real MLflow tracking server on 127.0.0.1 (sqlite backend, proxied artifacts)."""
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("mlflow")
+
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from hier_tl.mlflow_export import export_mlflow  # noqa: E402
+
+CONFIG_KEYS = ["lr", "backbone", "depth", "mixup_alpha", "seed", "threshold"]
+STATUSES = {"t0": ("completed", "FINISHED"), "t1": ("interrupted", "KILLED"), "t2": ("errored", "FAILED")}
+T0 = 1_790_000_000.0  # epoch seconds of the first epoch
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The URI of an MLflow tracking server started for this module, killed (process group) at teardown."""
+    tmp = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
+           "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    logf = open(tmp / "server.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not come up:\n{(tmp / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        logf.close()
+
+
+def _trials() -> pd.DataFrame:
+    rows = []
+    for i, (tid, (status, _)) in enumerate(STATUSES.items()):
+        rows.append({"trial_id": tid, "status": status, "epochs_run": 3, "lr": 10.0 ** -(i + 2),
+                     "backbone": "resnet18", "depth": i + 1, "mixup_alpha": None if i == 1 else 0.2,
+                     "seed": i, "threshold": "auto", "hier_tl_version": "0.1.0", "git_commit": "abc1234",
+                     "final_objective": 0.5 + i / 10, "final_seen_super_acc": 0.7, "best_epoch": 3,
+                     "wall_s": 12.5, "compute_s": 10.0, "error": "RuntimeError: boom" if status == "errored" else None,
+                     "node": "node-a", "device": "cpu"})
+    return pd.DataFrame(rows)
+
+
+def _epoch_row(trial: dict, epoch: int) -> dict:
+    i = int(trial["trial_id"][1:])
+    row = {"trial_id": trial["trial_id"], "epoch": epoch, "objective": 0.1 * epoch + i / 100,
+           "train_loss": 1.0 / epoch, "val_loss": math.nan if epoch == 2 else 1.5 / epoch,
+           "seen_super_acc": None, "phase": "train", "replayed": False, "time": T0 + 60 * epoch + i}
+    row.update({k: trial[k] for k in CONFIG_KEYS})
+    return row
+
+
+def _epochs(trials: pd.DataFrame, n: int = 3) -> pd.DataFrame:
+    return pd.DataFrame([_epoch_row(t, e) for t in trials.to_dict("records") for e in range(1, n + 1)])
+
+
+def _meta(name: str) -> dict:
+    return {"name": name, "config_keys": CONFIG_KEYS, "metric": "objective", "mode": "max",
+            "best_trial_id": "t2", "search_algo": "optuna", "scheduler": "asha"}
+
+
+def _children(client: MlflowClient, out: dict) -> dict:
+    runs = client.search_runs([out["experiment_id"]], f"tags.`mlflow.parentRunId` = '{out['parent_run_id']}'")
+    return {r.data.tags["hier_tl.trial_id"]: r for r in runs}
+
+
+def _export(server, name, trials, epochs, **kw):
+    lines = []
+    out = export_mlflow(trials, epochs, _meta(name), server, f"file:///results/{name}", log=lines.append, **kw)
+    assert sum("trial" in line for line in lines) >= len(trials)
+    return out
+
+
+@pytest.mark.slow
+def test_export_creates_runs(server, tmp_path):
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"weights" * 100)
+    trials = _trials()
+    out = _export(server, "s1", trials, _epochs(trials), checkpoint=ckpt)
+    assert out["created"] == 3 and out["updated"] == 0 and out["metrics_logged"] > 0
+    client = MlflowClient(server)
+    assert client.get_experiment(out["experiment_id"]).name == "hier-tl/s1"
+    all_runs = client.search_runs([out["experiment_id"]])
+    assert len(all_runs) == 4
+    parent = client.get_run(out["parent_run_id"])
+    assert parent.info.run_name == "s1" and parent.info.status == "FINISHED"
+    assert parent.data.tags["hier_tl.sweep_uri"] == "file:///results/s1"
+    assert parent.data.tags["hier_tl.sweep_name"] == "s1"
+    assert parent.data.params["scheduler"] == "asha" and parent.data.params["metric"] == "objective"
+    kids = _children(client, out)
+    assert sorted(kids) == ["t0", "t1", "t2"]
+    for tid, (status, mlflow_status) in STATUSES.items():
+        run = kids[tid]
+        assert run.info.run_name == tid and run.info.status == mlflow_status
+        tags = run.data.tags
+        assert tags["status"] == status and tags["seed"] == tid[1:] and tags["hier_tl_version"] == "0.1.0"
+        assert tags["git_commit"] == "abc1234"
+        assert run.data.metrics["final_objective"] == pytest.approx(0.5 + int(tid[1:]) / 10)
+    assert kids["t2"].data.tags["error"] == "RuntimeError: boom" and "error" not in kids["t0"].data.tags
+    assert kids["t0"].data.params == {"lr": "0.01", "backbone": "resnet18", "depth": "1", "mixup_alpha": "0.2",
+                                      "seed": "0", "threshold": "auto"}
+    assert "mixup_alpha" not in kids["t1"].data.params
+    hist = sorted(client.get_metric_history(kids["t1"].info.run_id, "objective"), key=lambda m: m.step)
+    assert [m.step for m in hist] == [1, 2, 3]
+    assert [m.value for m in hist] == pytest.approx([0.11, 0.21, 0.31])
+    assert hist[0].timestamp == int((T0 + 61) * 1000)
+    assert len(client.get_metric_history(kids["t1"].info.run_id, "val_loss")) == 2  # the NaN epoch is skipped
+    assert set(kids["t0"].data.metrics).isdisjoint({"seen_super_acc", "phase", "replayed", "lr", "depth", "time"})
+    arts = [f.path for f in client.list_artifacts(kids["t2"].info.run_id, "checkpoint")]
+    assert arts == ["checkpoint/best.pt"]
+    assert client.list_artifacts(kids["t0"].info.run_id) == []
+
+
+@pytest.mark.slow
+def test_reexport_is_idempotent_and_incremental(server, tmp_path):
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"w")
+    trials = _trials()
+    epochs = _epochs(trials)
+    first = _export(server, "s2", trials, epochs, checkpoint=ckpt)
+    again = _export(server, "s2", trials, epochs, checkpoint=ckpt)
+    assert again == {**first, "created": 0, "updated": 0, "metrics_logged": 0}
+    client = MlflowClient(server)
+    assert len(client.search_runs([first["experiment_id"]])) == 4
+    kids = _children(client, first)
+    for run in kids.values():
+        assert len(client.get_metric_history(run.info.run_id, "objective")) == 3
+    assert len(client.list_artifacts(kids["t2"].info.run_id, "checkpoint")) == 1
+
+    # t0 runs a 4th epoch: only that epoch (and t0's changed summary metrics) is logged
+    grown = trials.copy()
+    grown.loc[0, ["epochs_run", "final_objective"]] = [4, 0.9]
+    epochs4 = pd.concat([epochs, pd.DataFrame([_epoch_row(trials.iloc[0].to_dict(), 4)])], ignore_index=True)
+    out = _export(server, "s2", grown, epochs4)
+    assert out["created"] == 0 and out["updated"] == 1
+    assert out["metrics_logged"] == 3 + 2  # objective, train_loss, val_loss; final_objective, epochs_run
+    kids = _children(client, first)
+    hist = sorted(client.get_metric_history(kids["t0"].info.run_id, "objective"), key=lambda m: m.step)
+    assert [m.step for m in hist] == [1, 2, 3, 4] and hist[-1].value == pytest.approx(0.4)
+    assert [len(client.get_metric_history(kids[t].info.run_id, "objective")) for t in ("t1", "t2")] == [3, 3]
+    assert kids["t0"].data.metrics["final_objective"] == pytest.approx(0.9)
+
+    # a new trial joins (still running): one new child, the parent is running again
+    new = {**trials.iloc[0].to_dict(), "trial_id": "t3", "status": "running", "epochs_run": 1, "seed": 3}
+    more = pd.concat([grown, pd.DataFrame([new])], ignore_index=True)
+    out = _export(server, "s2", more, pd.concat([epochs4, pd.DataFrame([_epoch_row(new, 1)])], ignore_index=True))
+    assert out["created"] == 1 and out["updated"] == 0
+    kids = _children(client, first)
+    assert sorted(kids) == ["t0", "t1", "t2", "t3"] and kids["t3"].info.status == "RUNNING"
+    assert client.get_run(first["parent_run_id"]).info.status == "RUNNING"
+    assert len(client.search_runs([first["experiment_id"]])) == 5
+
+
+@pytest.mark.slow
+def test_unreachable_server_raises_quickly():
+    port = _free_port()  # closed again: nothing listens there
+    trials = _trials()
+    t = time.monotonic()
+    with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}"):
+        export_mlflow(trials, _epochs(trials), _meta("s3"), f"http://127.0.0.1:{port}", "file:///results/s3",
+                      log=lambda _: None)
+    assert time.monotonic() - t < 10
+
+
+def test_missing_mlflow_says_how_to_install(monkeypatch):
+    for mod in [m for m in sys.modules if m == "mlflow" or m.startswith("mlflow.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(ImportError, match=r"pip install 'hier-tl\[mlflow\]'"):
+        export_mlflow(pd.DataFrame(), pd.DataFrame(), {"name": "x"}, "http://127.0.0.1:1", "u")
