@@ -46,11 +46,14 @@ def load(source: Path | str | bytes, name: str = "") -> dict:
             source = path.read_bytes()
         except OSError as e:
             raise CheckpointError(f"{name}: cannot be read ({e.strerror or e})") from None
+    if not zipfile.is_zipfile(io.BytesIO(source)):
+        raise CheckpointError(f"{name}: not a complete checkpoint (damaged, truncated or not a torch file)")
     try:
         ckpt = torch.load(io.BytesIO(source), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{name}: refused, it holds objects a checkpoint never has "
-                              f"({str(e).splitlines()[0][:160]})") from None
+        what = str(e).split("Unsupported global:")[-1].strip().splitlines()[0][:120] if "global" in str(e) else ""
+        raise CheckpointError(f"{name}: refused, it holds objects a checkpoint never has, which could run code "
+                              f"when loaded{f' ({what})' if what else ''}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise CheckpointError(f"{name}: not a complete checkpoint (damaged, truncated or not a torch file: "
                               f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None

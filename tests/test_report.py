@@ -194,3 +194,39 @@ def test_predict_from_a_train_run_folder(synth_dir, tmp_path):
 
 def table_written(folder) -> str:
     return (folder / "report.md").read_text().split("\n## ")[0]
+
+
+def test_report_on_a_sweep_with_no_epoch_yet(sweep, tmp_path, capsys):
+    results, _ = sweep
+    part = tmp_path / "early"
+    shutil.copytree(results, part)
+    df = pd.read_parquet(part / "trials.parquet")
+    df["epochs_run"], df["status"] = 0, "running"
+    df = df[[c for c in df.columns if not c.startswith(("final_", "best_"))]]
+    df.to_parquet(part / "trials.parquet")
+    shutil.rmtree(part / "epochs")
+    shutil.rmtree(part / "thresholds")
+    assert main(["report", str(part)]) == 0
+    out = capsys.readouterr().out
+    assert "no trial has reported an epoch yet" in out
+    md = (part / "report.md").read_text()
+    assert "State: **no trial has reported an epoch yet**" in md and "not drawn: no trial has reported" in md
+    assert main(["best", str(part)]) == 2
+    assert "has any trial reported an epoch yet" in capsys.readouterr().err
+
+
+def test_report_on_a_full_disk_leaves_no_empty_png(sweep, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import matplotlib.figure
+    results, _ = sweep
+
+    def full(self, fname, *a, **k):
+        with open(fname, "wb"):
+            pass  # the 0-byte file a full disk leaves
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    assert main(["report", str(results), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on the device" in err[0] and "curves.png" in err[0]
+    assert list(tmp_path.iterdir()) == []  # no 0-byte PNG, no temporary file
