@@ -47,7 +47,7 @@ def cmd_score(args) -> int:
     from .data import read_layout
     from .metrics import score_predictions
 
-    tax, _, problems = read_layout(args.data)
+    tax, _, problems, _ = read_layout(args.data)
     if tax is None:
         raise HierTLError("cannot read the mapping files:\n" + "\n".join(problems))
     s = score_predictions(args.predictions, args.labels, tax.superclass.novel, tax.subclass.novel)
@@ -104,8 +104,8 @@ def cmd_best(args) -> int:
 
     res = load_results(args.results, tables=())
     best = select(res.trials, args.metric, args.mode or res.mode_of(args.metric), args.where)
-    _, ckpt = trial_checkpoint(res.storage, best)
-    doc = best_document(best, ckpt)
+    state, ckpt = trial_checkpoint(res.storage, best, args.epoch)
+    doc = {**best_document(best, ckpt), "checkpoint_epoch": int(state["epoch"])}
     print(json.dumps(doc, indent=2) if args.format == "json" else yaml.safe_dump(doc, sort_keys=False), end="")
     return 0
 
@@ -113,7 +113,8 @@ def cmd_best(args) -> int:
 def cmd_predict(args) -> int:
     from .predict import run
 
-    run(args.source, args.images, args.out, args.trial, args.threshold, args.refit, args.data, args.all_variants)
+    run(args.source, args.images, args.out, args.trial, args.threshold, args.refit, args.data, args.all_variants,
+        args.epoch)
     return 0
 
 
@@ -187,6 +188,10 @@ def _add_sweep(sub) -> None:
     sw.set_defaults(fn=cmd_sweep)
 
 
+EPOCH_HELP = ("which checkpoint of the trial: last (default, the final epoch the table ranks by) or best "
+              "(the epoch with the best sweep metric; kept beside the last)")
+
+
 def _add_results(sub) -> None:
     where = "sweep results folder or URI, as the sweep printed it (<storage>/<name>, s3://...?...)"
     r = sub.add_parser("report", help="comparison table, report.md / report.html and plots for a sweep",
@@ -205,6 +210,7 @@ def _add_results(sub) -> None:
     b.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                    help="only trials whose column KEY equals VALUE, e.g. backbone=resnet18 (repeatable)")
     b.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    b.add_argument("--epoch", choices=("last", "best"), default="last", help=EPOCH_HELP)
     b.set_defaults(fn=cmd_best)
     pr = sub.add_parser("predict", help="write the predictions CSV (image,superclass_index,subclass_index)",
                         description="Predict every image of a folder with the best trial of a sweep (or a run "
@@ -217,6 +223,7 @@ def _add_results(sub) -> None:
     pr.add_argument("--refit", action="store_true",
                     help="first retrain the chosen config on train + validation for the epochs it ran")
     pr.add_argument("--data", help="with --refit: dataset folder (default: the sweep's data)")
+    pr.add_argument("--epoch", choices=("last", "best"), default="last", help=EPOCH_HELP)
     pr.add_argument("--all-variants", action="store_true",
                     help="one CSV per backbone x depth (its best trial), named OUT_<backbone>_<depth>.csv")
     pr.set_defaults(fn=cmd_predict)
@@ -257,6 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the environment (permissions, a full disk, a vanished file), not a bug
+        if args.debug:
+            raise
+        from .fileio import describe
+
+        print(f"error: {e.filename + ': ' if e.filename else ''}{describe(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

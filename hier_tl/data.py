@@ -15,8 +15,6 @@ Layout (what researchers have)::
 from __future__ import annotations
 
 import os
-import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,7 +94,8 @@ def _parse_row(path: Path, line: int, rec: dict, problems: list[str]) -> _Row | 
     return _Row(line, rec["image"], values["superclass_index"], values["subclass_index"])
 
 
-def _check_rows(path: Path, rows: list[_Row], sup_level, sub_level, problems: list[str]) -> list[_Row]:
+def _check_rows(path: Path, rows: list[_Row], sup_level, sub_level, problems: list[str],
+                notes: list[str]) -> list[_Row]:
     """Index range, novel labels, duplicates and taxonomy conflicts; returns the usable rows."""
     good, seen, parent = [], {}, {}
     for r in rows:
@@ -121,7 +120,7 @@ def _check_rows(path: Path, rows: list[_Row], sup_level, sub_level, problems: li
                 problems.append(f"{where}: listed again with different labels (first at line {first.line}: "
                                 f"{first.sup},{first.sub}; here {r.sup},{r.sub})")
             else:
-                warnings.warn(f"{where}: duplicate of line {first.line}; ignored", stacklevel=3)
+                notes.append(f"{where}: duplicate of line {first.line}; ignored")
             continue
         seen[key] = r
         if r.sub in parent and parent[r.sub][0] != r.sup:
@@ -134,12 +133,14 @@ def _check_rows(path: Path, rows: list[_Row], sup_level, sub_level, problems: li
     return good
 
 
-def read_layout(root: Path | str) -> tuple[Taxonomy | None, list[_Row], list[str]]:
-    """Parse mapping files and the training CSV without touching images. Returns (taxonomy, rows, problems)."""
+def read_layout(root: Path | str) -> tuple[Taxonomy | None, list[_Row], list[str], list[str]]:
+    """Parse mapping files and the training CSV without touching images.
+    Returns (taxonomy, rows, problems, notes): problems stop a load, notes are said and ignored."""
     root = Path(root)
     problems: list[str] = []
+    notes: list[str] = []
     if not root.is_dir():
-        return None, [], [f"{root}: dataset folder does not exist"]
+        return None, [], [f"{root}: dataset folder does not exist"], notes
     if not (root / TRAIN_DIR).is_dir():
         problems.append(f"{root / TRAIN_DIR}: image folder is missing")
     elif not os.access(root / TRAIN_DIR, os.R_OK | os.X_OK):
@@ -148,21 +149,18 @@ def read_layout(root: Path | str) -> tuple[Taxonomy | None, list[_Row], list[str
     sub = read_level(root / SUB_CSV, problems)
     rows = _read_train_csv(root / TRAIN_CSV, problems)
     if sup is None or sub is None:
-        return None, rows, problems
-    rows = _check_rows(root / TRAIN_CSV, rows, sup, sub, problems)
+        return None, rows, problems, notes
+    rows = _check_rows(root / TRAIN_CSV, rows, sup, sub, problems, notes)
     parent = {}
     for r in rows:
         parent.setdefault(r.sub, r.sup)
-    return Taxonomy(sup, sub, parent), rows, problems
+    return Taxonomy(sup, sub, parent), rows, problems, notes
 
 
 def load_dataset(root: Path | str, image_size: int = 64, use_cache: bool = True) -> Dataset:
     """Validate and decode the labelled training set; raises `DataError` listing every problem found."""
     root = Path(root)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        taxonomy, rows, problems = read_layout(root)
-    notes = [str(w.message) for w in caught]
+    taxonomy, rows, problems, notes = read_layout(root)
     images_dir = root / TRAIN_DIR
     paths, kept = [], []
     for r in rows:
@@ -184,7 +182,7 @@ def load_dataset(root: Path | str, image_size: int = 64, use_cache: bool = True)
     if problems:
         raise DataError(problems)
     assert len(imgs.names) == len(kept), "decoded images and labels are out of step"
-    notes += _conversion_notes(imgs, image_size)
+    notes += imgs.notes + _conversion_notes(imgs, image_size)
     listed = {os.path.normpath(r.image) for r in kept}
     try:
         extra = [n for n in os.listdir(images_dir) if n not in listed and not n.startswith(".")
@@ -249,9 +247,7 @@ def summary(root: Path | str, image_size: int = 64) -> list[str]:
 def _test_summary(test_dir: Path, image_size: int) -> str:
     if not test_dir.is_dir():
         return f"  test images: none ({TEST_DIR}/ not found)"
-    with warnings.catch_warnings(record=True):
-        warnings.simplefilter("always")
-        imgs = load_images(test_dir, image_size)
+    imgs = load_images(test_dir, image_size)
     n_files = len(list_images(test_dir))
     return (f"  test images: {n_files} found in {TEST_DIR}/, {len(imgs.names)} decodable"
             + (f", {len(imgs.failed)} NOT decodable (predict skips them): {', '.join(list(imgs.failed)[:5])}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 from pathlib import Path
 from typing import Iterator
 
@@ -26,10 +27,39 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise StorageError(f"cannot write {path}: {_why(e)}") from None
+        raise StorageError(f"cannot write {path}: {describe(e)}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_atomic(fs, path: str, data: bytes) -> None:
+    """The same promise through a pyarrow filesystem: one PUT on object stores (atomic there), else a
+    temporary name beside the target and a move."""
+    if _is_object_store(fs):
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    folder, _, base = path.rpartition("/")
+    tmp = f"{folder}/.{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, path)
+    except BaseException:
+        try:
+            fs.delete_file(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _is_object_store(fs) -> bool:
+    import pyarrow.fs as pafs
+
+    while isinstance(fs, pafs.SubTreeFileSystem):
+        fs = fs.base_fs
+    return fs.type_name in ("s3", "gcs", "abfs")
 
 
 def write_text(path: Path | str, text: str) -> None:
@@ -42,7 +72,8 @@ def write_bytes(path: Path | str, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def _why(e: OSError) -> str:
+def describe(e: OSError) -> str:
+    """An OSError as a few words a user can act on."""
     if e.errno == errno.ENOSPC:
         return "no space left on the device"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

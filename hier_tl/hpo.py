@@ -31,7 +31,6 @@ import contextlib
 import logging
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -50,6 +49,8 @@ from optuna.distributions import (  # noqa: E402
     IntDistribution,
 )
 from optuna.trial import TrialState  # noqa: E402
+
+from .fileio import atomic_path  # noqa: E402
 
 __all__ = ["build_study", "draw_hpo_plots", "pareto_front", "plot_seen_vs_novel"]
 
@@ -118,17 +119,9 @@ def _quiet() -> Iterator[None]:
 
 
 def _save_atomic(fig: Any, path: str) -> None:
-    """Write ``fig`` as PNG to a temp file beside ``path``, then rename: never a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".hpo-", suffix=".tmp")
-    os.close(fd)
-    try:
+    """Write ``fig`` as PNG through ``fileio.atomic_path``: never a partial file."""
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        if os.path.getsize(tmp) == 0:
-            raise OSError("matplotlib wrote an empty file")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ class ImageSet:
     failed: dict[str, str] = field(default_factory=dict)  # name -> why it could not be decoded
     modes: dict[str, int] = field(default_factory=dict)  # PIL mode -> count, before conversion
     sizes: dict[str, int] = field(default_factory=dict)  # "WxH" -> count, before resizing
+    notes: list[str] = field(default_factory=list)  # things worth saying (e.g. the cache could not be written)
 
 
 def numeric_key(name: str) -> tuple:
@@ -122,18 +122,20 @@ def decode_images(paths: list[Path], size: int, use_cache: bool = True, names: l
     arr = np.ascontiguousarray(out[ok].transpose(0, 3, 1, 2))
     result = ImageSet(torch.from_numpy(arr), [n for n, good in zip(names, ok) if good], failed, dict(modes), dict(sizes))
     if use_cache:
-        _write_cache(cdir, arr, result)
+        result.notes += _write_cache(cdir, arr, result)
     return result
 
 
-def _write_cache(cdir: Path, arr: np.ndarray, s: ImageSet) -> None:
+def _write_cache(cdir: Path, arr: np.ndarray, s: ImageSet) -> list[str]:
+    """Write the decode cache; a failure (full disk...) only costs decoding again next time."""
     try:
         with atomic_path(cdir / "images.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, arr)
         write_text(cdir / "meta.json", json.dumps({"names": s.names, "failed": s.failed, "modes": s.modes,
                                                    "sizes": s.sizes}))
     except (OSError, HierTLError) as e:
-        warnings.warn(f"could not write the image cache at {cdir}: {e}", stacklevel=2)
+        return [f"could not write the image cache at {cdir} ({e}); images will be decoded again next time"]
+    return []
 
 
 def list_images(folder: Path | str) -> list[Path]:
@@ -150,7 +152,4 @@ def list_images(folder: Path | str) -> list[Path]:
 
 def load_images(folder: Path | str, image_size: int = 64, use_cache: bool = True) -> ImageSet:
     """Decode an unlabelled image folder (e.g. test_images/); undecodable files are listed in `failed`."""
-    imgs = decode_images(list_images(folder), image_size, use_cache)
-    for name, why in imgs.failed.items():
-        warnings.warn(f"{Path(folder) / name}: cannot be decoded, skipped ({why})", stacklevel=2)
-    return imgs
+    return decode_images(list_images(folder), image_size, use_cache)

@@ -149,16 +149,6 @@ class TrialLedger:
         """Number of trials in each status (every status present, zeros included)."""
         return dict(self._counts)
 
-    def best(self) -> dict | None:
-        """The row with the best FINAL value `final_<metric>` (the model a trial ends with, not its luckiest
-        epoch); ties -> the earliest trial; None if no trial has a numeric one. O(trials)."""
-        best, key = None, f"final_{self.metric}"
-        for row in self._rows.values():
-            v = _number(row.get(key))
-            if v is not None and (best is None or (v > best[0] if self.mode == "max" else v < best[0])):
-                best = (v, row["trial_id"])
-        return None if best is None else self.row(best[1])
-
     def running(self) -> list[str]:
         """Ids of the trials running now."""
         return [tid for tid, row in self._rows.items() if row["status"] == "running"]

@@ -8,7 +8,6 @@ import math
 import re
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,11 +86,9 @@ def _bar(done: int, total: int, elapsed: float) -> None:
 def write_predictions(predictor: Predictor, images_dir: Path | str, out: Path | str) -> int:
     """Predict every readable image in `images_dir` into a CSV written atomically; every image left out
     (unreadable, or a file name with control characters no CSV reader takes back) is reported. Returns rows."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        imgs = load_images(images_dir, predictor.data_side)  # decoded as the training images were
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+    imgs = load_images(images_dir, predictor.data_side)  # decoded as the training images were
+    for note in imgs.notes:
+        print(f"warning: {note}", file=sys.stderr)
     keep = [i for i, n in enumerate(imgs.names) if not UNSAFE_NAME.search(n) and _encodable(n)]
     bad = [imgs.names[i] for i in range(len(imgs.names)) if i not in set(keep)]
     if bad:
@@ -100,7 +97,7 @@ def write_predictions(predictor: Predictor, images_dir: Path | str, out: Path | 
               file=sys.stderr)
     if imgs.failed:
         print(f"warning: {len(imgs.failed)} image(s) could not be read and have no prediction: "
-              f"{', '.join(list(imgs.failed)[:10])}", file=sys.stderr)
+              + "; ".join(f"{n} ({why[:80]})" for n, why in list(imgs.failed.items())[:10]), file=sys.stderr)
     if not keep:
         print(f"warning: no readable image in {images_dir}: writing a header-only CSV", file=sys.stderr)
     sup, sub = predictor.predict(imgs.images[keep]) if keep else (torch.empty(0), torch.empty(0))
@@ -149,8 +146,9 @@ def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print) -> di
     fit(refit_cfg, data, report)
     state = saved["state"]  # with the per-level thresholds the sweep calibrated
     state["history"][-1].update(threshold_super=thresholds[0], threshold_sub=thresholds[1])
-    res.storage.write_bytes(f"refit/{trial['trial_id']}/checkpoint.pt", checkpoint.to_bytes(state))
-    log(f"refit: saved {res.storage.uri}/refit/{trial['trial_id']}/checkpoint.pt")
+    rel = f"refit/{trial['trial_id']}/checkpoint.pt"
+    res.storage.write_bytes(rel, checkpoint.to_bytes(state))
+    log(f"refit: saved {res.storage.file_uri(rel)}")
     return state
 
 
@@ -171,7 +169,8 @@ def chosen_trials(res: Results, trial_id: str | None, all_variants: bool) -> lis
 
 
 def run(source: str, images: str, out: str, trial_id: str | None = None, threshold: float | None = None,
-        do_refit: bool = False, data_dir: str | None = None, all_variants: bool = False, log=print) -> list[tuple]:
+        do_refit: bool = False, data_dir: str | None = None, all_variants: bool = False, epoch: str = "last",
+        log=print) -> list[tuple]:
     """`hier-tl predict`: a run folder's checkpoint, or trial(s) of a sweep (local or object storage)."""
     run_dir = local_path(source)
     if run_dir is not None and (run_dir / "checkpoint.pt").is_file() and not (run_dir / "trials.parquet").is_file():
@@ -184,7 +183,7 @@ def run(source: str, images: str, out: str, trial_id: str | None = None, thresho
             o = Path(out)
             path = o.with_name(f"{o.stem}_{t['backbone']}_{t['depth']}{o.suffix}") if all_variants else o
             ckpt, where = (refit(res, t, data_dir, log), f"refit of {t['trial_id']}") if do_refit else \
-                trial_checkpoint(res.storage, t)
+                trial_checkpoint(res.storage, t, epoch)
             log(f"trial {t['trial_id']} ({t['backbone']}/{t['depth']}) -> {path}")
             jobs.append((ckpt, where, path))
     done = []

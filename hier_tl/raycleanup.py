@@ -1,5 +1,8 @@
 """Ray processes an embedded sweep starts are recorded by id, so that a driver killed with -9 does not leave
-them running: the next `hier-tl` start (or `cluster/local.sh down`, via `hier-tl cleanup`) stops them."""
+them running (its trial workers would go on training into the results folder): the next `hier-tl` start
+(or `cluster/local.sh down`, via `hier-tl cleanup`) stops them. Recorded: the pids Ray reports at start,
+and the driver's pid, which every Ray process it starts carries in its environment (`HIER_TL_DRIVER`),
+so workers started later are found too."""
 
 from __future__ import annotations
 
@@ -21,6 +24,27 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+MARK = "HIER_TL_DRIVER"
+
+
+def mark() -> None:
+    """Before ray.init: every process the embedded Ray starts inherits this driver's pid."""
+    os.environ[MARK] = str(os.getpid())
+
+
+def _marked(driver: int) -> list[int]:
+    """Processes whose environment says this driver started them."""
+    tag, found = f"{MARK}={driver}".encode(), []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if tag in (d / "environ").read_bytes().split(b"\0"):
+                    found.append(int(d.name))
+            except OSError:
+                continue
+    return found
 
 
 def _children(pid: int) -> list[int]:
@@ -66,7 +90,8 @@ def cleanup(verbose: bool = True) -> int:
             continue
         if _cmdline(int(data["driver"])):
             continue  # that driver is still alive
-        n += _stop([int(p) for p in data["pids"]], {int(k): v for k, v in data["cmdlines"].items()})
+        marked = _marked(int(data["driver"]))
+        n += _stop([int(p) for p in data["pids"]] + marked, {int(k): v for k, v in data["cmdlines"].items()})
         rec.unlink(missing_ok=True)
         if verbose and n:
             print(f"cleaned up {n} Ray process(es) left by a killed hier-tl driver (pid {data['driver']})", flush=True)
@@ -74,9 +99,11 @@ def cleanup(verbose: bool = True) -> int:
 
 
 def _stop(pids: list[int], cmdlines: dict[int, str]) -> int:
-    """SIGTERM, then SIGKILL, each pid whose command line is still the recorded one (pids get reused)."""
-    pids = pids + [k for p in pids for k in _children(p)]
-    live = [p for p in dict.fromkeys(pids) if _cmdline(p) and (_cmdline(p) == cmdlines.get(p) or p not in cmdlines)]
+    """SIGTERM, then SIGKILL, each pid (and its children) whose command line is still the recorded one
+    (pids get reused); returns how many were alive."""
+    ours = [p for p in dict.fromkeys(pids) if _cmdline(p) and (_cmdline(p) == cmdlines.get(p) or p not in cmdlines)]
+    live = list(dict.fromkeys(ours + [k for p in ours for k in _children(p)]))
+    found = len(live)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for p in live:
             try:
@@ -87,4 +114,4 @@ def _stop(pids: list[int], cmdlines: dict[int, str]) -> int:
         while sig == signal.SIGTERM and time.time() < deadline and any(_cmdline(p) for p in live):
             time.sleep(0.1)
         live = [p for p in live if _cmdline(p)]
-    return len(pids)
+    return found

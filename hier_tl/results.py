@@ -132,19 +132,26 @@ def checkpoints(st: Storage, trial: pd.Series) -> list[str]:
     return [f"{tdir}/{d}/checkpoint.pt" for d in sorted(dirs, reverse=True)]
 
 
-def trial_checkpoint(st: Storage, trial: pd.Series) -> tuple[dict, str]:
-    """The newest checkpoint of `trial` that was written completely, loaded, and its URI.
-
-    A truncated newest one (a full disk, a killed upload) is skipped with a warning."""
+def trial_checkpoint(st: Storage, trial: pd.Series, epoch: str = "last") -> tuple[dict, str]:
+    """The trial's checkpoint, loaded, and its URI: `last` = the newest written completely (a truncated
+    newest one, from a full disk or a killed upload, is skipped with a warning); `best` = the one of the
+    trial's best epoch by the sweep metric (kept beside the last)."""
     import sys
 
     from . import checkpoint
     from .errors import CheckpointError
 
+    want = None if epoch == "last" else int(trial.get("best_epoch") or -1)
     for rel in checkpoints(st, trial):
         try:
-            return checkpoint.load(st.read_bytes(rel), name=st.uri + "/" + rel), f"{st.uri}/{rel}"
+            ckpt = checkpoint.load(st.read_bytes(rel), name=st.file_uri(rel))
         except CheckpointError as e:
             print(f"warning: skipping {e}", file=sys.stderr)
-    raise SelectionError(f"trial {trial['trial_id']} has no complete checkpoint under {st.uri}/"
-                         f"{trial.get('trial_dir') or '?'}")
+            continue
+        if want is None or int(ckpt["epoch"]) == want:
+            return ckpt, st.file_uri(rel)
+    where = st.file_uri(str(trial.get("trial_dir") or "?"))
+    if want is not None:
+        raise SelectionError(f"trial {trial['trial_id']}: no complete checkpoint of its best epoch ({want}) under "
+                             f"{where} (sweeps before hier-tl kept it hold the last only: use --epoch last)")
+    raise SelectionError(f"trial {trial['trial_id']} has no complete checkpoint under {where}")

@@ -6,6 +6,8 @@ the results folder's state (new, or resumable and unchanged), the lease, the dat
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import logging
 import os
@@ -48,6 +50,7 @@ def start_ray(address: str | None) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # an embedded, loopback-only Ray needs no token
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # single node: no external IP probe
+    raycleanup.mark()
     ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     raycleanup.record()  # a driver killed with -9 leaves these; the next start removes them
 
@@ -95,7 +98,9 @@ def build_tuner(sweep: SweepConfig, storage: Storage, data: Dataset, resume: boo
         run_config=tune.RunConfig(
             name=sweep.name, storage_path=storage.root, storage_filesystem=fs, verbose=0, callbacks=[recorder],
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+            # the last checkpoint (Ray always keeps the latest) and the best one by the sweep metric
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=sc.metric,
+                                                    checkpoint_score_order=sc.mode)))
 
 
 def check_folder(sweep: SweepConfig, storage: Storage, resume: bool) -> None:
@@ -158,13 +163,46 @@ def _memory() -> tuple[int, int | None]:
     return host, torch.cuda.mem_get_info()[1] if torch.cuda.is_available() else None
 
 
+@contextlib.contextmanager
+def _new_trials_follow_the_folder(storage: Storage, resume: bool):
+    """Ray restores its search algorithm with the storage of the run that pickled it, so trials it creates
+    after a resume would write into the folder the sweep was *copied from*. Give them, as Ray itself does
+    for restored trials (`TuneController._restore_trials`), the folder this command names."""
+    if not resume:
+        yield
+        return
+    import ray.tune.search.basic_variant as basic
+    import ray.tune.search.search_generator as generator
+
+    fs = integrity.signing_fs(storage.fs, storage.exp)
+    originals = {m: m._create_trial_from_spec for m in (basic, generator)}
+
+    def follow(make):
+        def create(spec, *args, **kwargs):
+            if spec.get("storage") is not None:
+                moved = copy.copy(spec["storage"])
+                moved.storage_filesystem, moved.storage_fs_path = fs, storage.root
+                moved.experiment_dir_name = storage.name
+                spec = {**spec, "storage": moved}
+            return make(spec, *args, **kwargs)
+        return create
+    for module, make in originals.items():
+        module._create_trial_from_spec = follow(make)
+    try:
+        yield
+    finally:
+        for module, make in originals.items():
+            module._create_trial_from_spec = make
+
+
 def _fit(sweep, storage, data, resume, address, recorder) -> None:
     import ray
 
     start_ray(address)
     try:
         check_cluster(sweep, storage)
-        build_tuner(sweep, storage, data, resume, recorder).fit()
+        with _new_trials_follow_the_folder(storage, resume):
+            build_tuner(sweep, storage, data, resume, recorder).fit()
     except Exception as e:  # noqa: BLE001 - a storage failure inside Tune arrives wrapped
         cause = recorder.failure or _storage_cause(e)
         if cause is not None:

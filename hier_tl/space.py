@@ -3,46 +3,24 @@ name. Ray is imported inside the functions, so validating a sweep file never sta
 
 from __future__ import annotations
 
+import functools
 import math
 
 from .registry import SAMPLERS, SEARCHERS
 from .sweep import SweepConfig
 
 
-@SAMPLERS.register("choice", args="list")
-def choice(args):
+def _ray_sampler(name: str, args: list):
+    """The Ray Tune sampler of that name: lists for choice / grid_search, bounds for the others."""
     from ray import tune
-    return tune.choice(args)
+
+    fn = getattr(tune, "grid_search" if name == "grid" else name)
+    return fn(args) if name in ("choice", "grid") else fn(*args)
 
 
-@SAMPLERS.register("grid", args="list")
-def grid(args):
-    from ray import tune
-    return tune.grid_search(args)
-
-
-@SAMPLERS.register("uniform", args=2)
-def uniform(args):
-    from ray import tune
-    return tune.uniform(*args)
-
-
-@SAMPLERS.register("loguniform", args=2)
-def loguniform(args):
-    from ray import tune
-    return tune.loguniform(*args)
-
-
-@SAMPLERS.register("randint", args=2)
-def randint(args):
-    from ray import tune
-    return tune.randint(*args)
-
-
-@SAMPLERS.register("quniform", args=3)
-def quniform(args):
-    from ray import tune
-    return tune.quniform(*args)
+for _name, _args in (("choice", "list"), ("grid", "list"), ("uniform", 2), ("loguniform", 2), ("randint", 2),
+                     ("quniform", 3)):
+    SAMPLERS.register(_name, args=_args)(functools.partial(_ray_sampler, _name))
 
 
 def param_space(sweep: SweepConfig) -> dict:

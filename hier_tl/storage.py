@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import StorageError
-from .fileio import atomic_path
+from .fileio import describe, write_atomic
 from .sweep import check_name
 from .tables import PartsTable, read_table
 
@@ -74,6 +74,10 @@ class Storage:
     def root_uri(self) -> str:
         return self.root if self.is_local else f"{self._scheme}://{self.root}{self._query}"
 
+    def file_uri(self, rel: str) -> str:
+        """A file of the sweep as a URI (query parameters after the path)."""
+        return self.path(rel) if self.is_local else f"{self._scheme}://{self.path(rel)}{self._query}"
+
     def path(self, rel: str) -> str:
         return f"{self.exp}/{rel}"
 
@@ -88,16 +92,10 @@ class Storage:
         return self.guard(read, "read", rel)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        """Atomic: a local temporary file and a rename, or one PUT to an object store."""
+        """Atomic: a temporary file and a move, or one PUT to an object store."""
         if self.is_local:
-            with atomic_path(self.path(rel)) as tmp:
-                tmp.write_bytes(data)
-            return
-
-        def put():
-            with self.fs.open_output_stream(self.path(rel)) as f:
-                f.write(data)
-        self.guard(put, "write", rel)
+            self.fs.create_dir(self.path(rel).rpartition("/")[0], recursive=True)
+        self.guard(lambda: write_atomic(self.fs, self.path(rel), data), "write", rel)
 
     def read_text(self, rel: str) -> str:
         return self.read_bytes(rel).decode()
@@ -134,8 +132,9 @@ class Storage:
         try:
             return fn()
         except (OSError, pa.ArrowException) as e:
-            raise StorageError(f"cannot {what} {self.uri}{'/' + rel if rel else ''}: "
-                               f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
+            why = describe(e) if isinstance(e, OSError) and e.errno else \
+                (str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+            raise StorageError(f"cannot {what} {self.file_uri(rel) if rel else self.uri}: {why}") from None
 
 
 def local_path(uri: str) -> Path | None:

@@ -20,6 +20,7 @@ so a compaction killed before deleting them reads the same. It takes the compact
 
 from __future__ import annotations
 
+import io
 import re
 import secrets
 import time
@@ -31,8 +32,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .fileio import write_atomic
+
 _PART = re.compile(r"^part-([0-9a-f]+)-(\d+)(-compact)?\.parquet$")
-_OBJECT_STORES = ("s3", "gcs", "abfs")
 
 
 class PartsTable:
@@ -189,27 +191,8 @@ def _to_table(rows: list[dict]) -> pa.Table:
     return pa.table(cols)
 
 
-def _is_object_store(fs: pafs.FileSystem) -> bool:
-    while isinstance(fs, pafs.SubTreeFileSystem):
-        fs = fs.base_fs
-    return fs.type_name in _OBJECT_STORES
-
-
 def _write_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
-    """Readers see the whole file or nothing: one PUT on object stores, else a temporary name and a move."""
-    if _is_object_store(fs):
-        with fs.open_output_stream(path) as f:
-            pq.write_table(table, f)
-        return
-    folder, _, base = path.rpartition("/")
-    tmp = f"{folder}/.{base}.{secrets.token_hex(4)}.tmp"
-    try:
-        with fs.open_output_stream(tmp) as f:
-            pq.write_table(table, f)
-        fs.move(tmp, path)
-    except BaseException:
-        try:
-            fs.delete_file(tmp)
-        except OSError:
-            pass
-        raise
+    """Readers see the whole part or nothing (`fileio.write_atomic`)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    write_atomic(fs, path, buf.getvalue())

@@ -208,12 +208,13 @@ def test_check_prints_a_summary(synth_dir, capsys):
     assert "test images: 60 found" in out
 
 
-def test_undecodable_test_image_is_skipped_with_a_warning(synth_copy, capsys):
+def test_undecodable_test_image_is_skipped_and_said(synth_copy, capsys):
     (synth_copy / "test_images" / "5.jpg").write_bytes(b"")
-    with pytest.warns(UserWarning, match="5.jpg"):
-        imgs = D.load_images(synth_copy / "test_images")
+    imgs = D.load_images(synth_copy / "test_images")
     assert "5.jpg" in imgs.failed and "5.jpg" not in imgs.names and len(imgs.names) == 59
     assert imgs.names[:3] == ["0.jpg", "1.jpg", "2.jpg"]  # numeric order
+    assert main(["data", "check", str(synth_copy)]) == 0
+    assert "1 NOT decodable (predict skips them): 5.jpg" in capsys.readouterr().out
 
 
 @pytest.mark.realdata

@@ -180,14 +180,21 @@ def test_tie_keeps_earlier_epoch_and_none_never_beats_a_number():
     assert (led.row("t")["best_acc"], led.row("t")["best_epoch"]) == (0.5, 2)
 
 
+def best(led):
+    """The one best-trial rule (results.best_trial) applied to the ledger's rows, as the progress line does."""
+    import pandas as pd
+    from hier_tl.results import best_trial
+    return best_trial(pd.DataFrame(led.rows()), led.metric, led.mode)
+
+
 def test_best_uses_final_value_and_earliest_trial_on_ties():
     led = ledger()
-    assert led.best() is None
+    assert best(led) is None
     for tid, values in (("a", [0.9, 0.1]), ("b", [0.5, 0.6]), ("c", [0.2, 0.6]), ("d", [0.99, math.nan])):
         led.start(tid, {})
         report(led, tid, [1, 2], values=values)
-    assert led.best()["trial_id"] == "b"
-    assert TrialLedger.from_rows(led.rows(), "acc", "min").best()["trial_id"] == "a"
+    assert best(led)["trial_id"] == "b"
+    assert best(TrialLedger.from_rows(led.rows(), "acc", "min"))["trial_id"] == "a"
 
 
 # -- time --
@@ -226,7 +233,7 @@ def test_dirty_flag():
     assert not led.pop_dirty()
     led.start("t", {})
     assert led.pop_dirty() and not led.pop_dirty()
-    led.rows(), led.counts(), led.best(), led.running()
+    led.rows(), led.counts(), led.running()
     assert not led.pop_dirty()
     led.result("t", 1, {"acc": 1.0})
     assert led.pop_dirty()
@@ -260,7 +267,7 @@ def test_from_rows_round_trip(tmp_path):
         new = {k: v for k, v in new.items() if k != "status"}
         assert set(old) <= set(new) and new == {k: old.get(k) for k in new}  # columns a row lacked: None
     assert type(rows[0]["epochs_run"]) is int and type(rows[0]["best_epoch"]) is int
-    assert back.counts()["interrupted"] == 1 and back.best()["trial_id"] == "a"
+    assert back.counts()["interrupted"] == 1 and best(back)["trial_id"] == "a"
 
 
 def test_resume_continues_summaries(tmp_path):

@@ -230,3 +230,24 @@ def test_report_on_a_full_disk_leaves_no_empty_png(sweep, tmp_path, capsys, monk
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no space left on the device" in err[0] and "curves.png" in err[0]
     assert list(tmp_path.iterdir()) == []  # no 0-byte PNG, no temporary file
+
+
+def test_the_best_epochs_weights_are_kept_beside_the_last(sweep, tmp_path, capsys):
+    results, data = sweep
+    from hier_tl.results import checkpoints, trial_checkpoint
+    from hier_tl.storage import Storage
+    st = Storage.open(str(results))
+    trials = load_results(results, tables=()).trials
+    for t in trials[trials.epochs_run > 0].itertuples():
+        row = pd.Series(t._asdict())
+        kept = checkpoints(st, row)
+        assert 1 <= len(kept) <= 2  # the last, and the best when it is another epoch
+        assert int(trial_checkpoint(st, row, "last")[0]["epoch"]) == t.epochs_run
+        assert int(trial_checkpoint(st, row, "best")[0]["epoch"]) == t.best_epoch
+    assert main(["best", str(results), "--epoch", "best"]) == 0
+    doc = yaml.safe_load(capsys.readouterr().out)
+    best = trials[trials.trial_id == doc["trial_id"]].iloc[0]
+    assert doc["checkpoint_epoch"] == best.best_epoch
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(results), "--images", str(data / "test_images"), "--out", str(out),
+                 "--epoch", "best"]) == 0 and len(pd.read_csv(out)) > 0

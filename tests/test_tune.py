@@ -179,3 +179,33 @@ def test_trials_differing_only_in_threshold_share_one_training_run(tmp_path):
     for t in trials[trials.trial_id.isin(replayed[replayed].index)].itertuples():
         p = Predictor.from_checkpoint(trial_checkpoint(Storage.open(str(exp)), pd.Series(t._asdict()))[0])
         assert p.thr_super == pytest.approx(float(t.threshold))
+
+
+def test_a_metric_registered_in_one_place_reaches_epochs_replays_trials_and_report(tmp_path, monkeypatch):
+    """One registration (here from a plugin module, as a user would) is all a new per-epoch metric needs."""
+    import os
+
+    from hier_tl.registry import EPOCH_METRICS, load_plugins
+    plug = tmp_path / "plug"
+    plug.mkdir()
+    (plug / "my_metric.py").write_text(
+        "from hier_tl.metrics import register_epoch_metric\n\n\n"
+        "@register_epoch_metric('lr_x1000', label='lr x1000')\n"
+        "def lr_x1000(s):\n    return s.lr * 1000\n")
+    monkeypatch.setenv("PYTHONPATH", f"{plug}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")  # Ray workers
+    monkeypatch.setenv("HIER_TL_PLUGINS", "my_metric")
+    monkeypatch.syspath_prepend(str(plug))
+    load_plugins()
+    try:
+        p = tiny_sweep(tmp_path, search={"algo": "grid"}, scheduler={"kind": "none"}, num_samples=1,
+                       space={"threshold": {"grid": [0.3, 0.6]}})
+        assert main(["sweep", str(p)]) == 0
+        res = load_results(tmp_path / "results" / "t")
+        e = res.epochs
+        assert e.replayed.fillna(False).any()  # one trial replayed the other's epochs...
+        assert (e.lr_x1000 - 1000 * e.current_lr).abs().max() < 1e-9  # ...and both carry the new metric
+        assert res.trials.final_lr_x1000.notna().all()
+        assert main(["report", str(tmp_path / "results" / "t")]) == 0
+        assert "| lr x1000 |" in (tmp_path / "results" / "t" / "report.md").read_text()
+    finally:
+        EPOCH_METRICS._entries.pop("lr_x1000", None)
