@@ -204,3 +204,42 @@ def test_missing_mlflow_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(ImportError, match=r"pip install 'hier-tl\[mlflow\]'"):
         export_mlflow(pd.DataFrame(), pd.DataFrame(), {"name": "x"}, "http://127.0.0.1:1", "u")
+
+
+@pytest.mark.slow
+def test_the_cli_exports_a_real_sweep_once(server, tmp_path, capsys):
+    """`hier-tl export mlflow` on a sweep's folder: a parent and a run per trial, epochs as steps, the best
+    trial's checkpoint as an artifact; a second export adds nothing."""
+    import yaml
+
+    from hier_tl import load_results
+    from hier_tl.cli import main
+    spec = {"name": "ex", "data": "synthetic",
+            "synthetic": {"seed": 3, "subs_per_super": 2, "per_class": 12, "test_per_class": 1, "size": 32},
+            "base": {"backbone": "cnn_tiny", "epochs": 2, "batch_size": 16, "val_fraction": 0.25},
+            "space": {"lr": {"grid": [0.002, 0.004]}}, "search": {"algo": "grid"}, "scheduler": {"kind": "none"},
+            "resources": {"cpu": 1}, "storage": str(tmp_path / "results"),
+            "novelty": {"scores": ["msp"], "thresholds": [0.5]}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["sweep", str(tmp_path / "s.yaml")]) == 0
+    uri = str(tmp_path / "results" / "ex")
+    for _ in range(2):
+        assert main(["export", "mlflow", uri, "--tracking-uri", server, "--experiment", "cli-test"]) == 0
+    out = capsys.readouterr().out
+    assert "2 new run(s)" in out and "0 new run(s), 0 updated, 0 metric values" in out
+    client = MlflowClient(server)
+    exp = client.get_experiment_by_name("cli-test")
+    runs = client.search_runs([exp.experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 3 and len(children) == 2
+    res = load_results(uri)
+    for r in children:
+        tid = r.data.tags["hier_tl.trial_id"]
+        history = client.get_metric_history(r.info.run_id, "objective")
+        assert [m.step for m in history] == [1, 2]
+        want = res.epochs[res.epochs.trial_id == tid].sort_values("epoch").objective.tolist()
+        assert [m.value for m in history] == pytest.approx(want)
+        assert r.data.params["lr"] in ("0.002", "0.004")
+    best = res.trials.loc[res.trials.final_objective.idxmax(), "trial_id"]
+    best_run = next(r for r in children if r.data.tags["hier_tl.trial_id"] == best)
+    assert [a.path for a in client.list_artifacts(best_run.info.run_id, "checkpoint")] == ["checkpoint/checkpoint.pt"]

@@ -126,7 +126,9 @@ def test_any_timm_model_trains_as_the_trunk(name):
 
 
 def test_timm_errors_name_the_model_and_the_offline_fix(tmp_path, monkeypatch):
+    import huggingface_hub.constants
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never a download from the tests
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # (read when the hub was imported)
     from hier_tl.errors import ConfigError, WeightsError
     with pytest.raises(ConfigError, match="timm has no model 'resnet9000'"):
         TrainConfig(backbone="timm/resnet9000").validate()

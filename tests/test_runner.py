@@ -19,14 +19,14 @@ from hier_tl import load_results
 from hier_tl.cli import main
 
 pytestmark = pytest.mark.slow
-EPOCHS = 10
+EPOCHS = 8
 
 
 def sweep_file(tmp_path: Path) -> Path:
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump({
         "name": "k", "data": "synthetic",
-        "synthetic": {"seed": 5, "subs_per_super": 3, "per_class": 50, "test_per_class": 1, "size": 64},
+        "synthetic": {"seed": 5, "subs_per_super": 3, "per_class": 40, "test_per_class": 1, "size": 64},
         "base": {"backbone": "cnn_tiny", "epochs": EPOCHS, "batch_size": 8, "val_fraction": 0.25},
         "space": {"lr": {"grid": [0.002, 0.003, 0.004]}}, "search": {"algo": "grid"},
         "scheduler": {"kind": "none"}, "num_samples": 1, "resources": {"cpu": 1}, "max_concurrent": 1,
@@ -81,7 +81,7 @@ def test_killed_driver_copied_folder_changed_file_second_driver_planted_pickle(t
     assert "| running:" in (tmp_path / "a.log").read_text()  # the heartbeat named the running trial
 
     changed = run(["sweep", str(p), "--name", "k", "--resume", "--set", "base.epochs=9"])
-    assert changed.returncode == 2 and "base.epochs: 10 stored, 9 now" in changed.stderr
+    assert changed.returncode == 2 and "base.epochs: 8 stored, 9 now" in changed.stderr
     assert len(changed.stderr.strip().splitlines()) == 1
     assert "cleaned up" in changed.stdout and not any(alive(pid) for pid in left[0]["pids"])  # ...until
     # the next hier-tl start stops them (they would go on training into the folder otherwise)

@@ -153,6 +153,16 @@ def test_sigint_then_resume_keeps_finished_trials_and_ids(tmp_path):
         assert list(a.time) == list(b.time)
     for tid, g in after_epochs.groupby("trial_id"):  # no epoch lost or duplicated
         assert sorted(g.epoch) == [1, 2, 3, 4]
+    # the live view: every finished trial once in the Optuna journal, across the resume
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    journal = JournalStorage(JournalFileBackend(str(tmp_path / "results" / "t" / "optuna.journal")))
+    study = optuna.load_study(study_name="t", storage=journal)
+    ids = [t.user_attrs["trial_id"] for t in study.trials]
+    assert sorted(ids) == sorted(after.trial_id)
+    values = {t.user_attrs["trial_id"]: t.value for t in study.trials}
+    assert all(values[r.trial_id] == pytest.approx(r.final_objective) for r in after.itertuples())
 
 
 def test_trials_differing_only_in_threshold_share_one_training_run(tmp_path):
