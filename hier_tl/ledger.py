@@ -25,7 +25,7 @@ NO_EPOCH_ERROR = "finished without reporting an epoch"
 _OWN = ("trial_id", "status", "error", "epochs_run", "retries", "wall_s", "compute_s")  # fields the ledger sets
 
 
-def _number(v: Any) -> float | None:
+def real_number(v: Any) -> float | None:
     """`v` as a float; None for None, NaN, bools and anything that is not a real number."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         return None
@@ -187,7 +187,7 @@ class TrialLedger:
                     led._push(t, int(_plain(e["epoch"])), {k: _plain(v) for k, v in e.items()})
             top = t.marks[-1] if t.marks else None
             if ran > 0 and (top is None or top.epoch < ran):  # epochs missing: the row's summary on top
-                t.marks.append(_Mark(ran, row["compute_s"], _number(row.get(f"best_{metric}")), row["best_epoch"],
+                t.marks.append(_Mark(ran, row["compute_s"], real_number(row.get(f"best_{metric}")), row["best_epoch"],
                                      exact=False))
             elif top is not None:  # the epoch history is the record: keep the row consistent with it
                 row.update({f"best_{metric}": top.best, "best_epoch": top.best_epoch, "compute_s": top.compute})
@@ -212,10 +212,10 @@ class TrialLedger:
     def _push(self, t: _Trial, epoch: int, metrics: dict) -> _Mark:
         """Add one epoch's report to the trial's mark stack (superseding marks >= epoch); returns the new top."""
         prev = self._rollback(t, epoch)
-        value, best, best_epoch = _number(metrics.get(self.metric)), prev.best, prev.best_epoch
+        value, best, best_epoch = real_number(metrics.get(self.metric)), prev.best, prev.best_epoch
         if value is not None and (best is None or (value > best if self.mode == "max" else value < best)):
             best, best_epoch = value, epoch  # strictly better only: a tie keeps the earlier epoch
-        compute = prev.compute + max(_number(metrics.get("epoch_time")) or 0.0, 0.0)
+        compute = prev.compute + max(real_number(metrics.get("epoch_time")) or 0.0, 0.0)
         t.marks.append(_Mark(epoch, compute, best, best_epoch))
         return t.marks[-1]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import os
 import re
 import ssl
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
+
+from .ledger import real_number
 
 SWEEP_URI_TAG = "hier_tl.sweep_uri"
 SWEEP_NAME_TAG = "hier_tl.sweep_name"
@@ -91,10 +92,8 @@ def _quote(value: str) -> str:
 
 def _finite(v: Any) -> float | None:
     """`v` as a float if it is a finite real number (not a bool, str or None), else None."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        return None
-    f = float(v)
-    return f if math.isfinite(f) else None
+    f = real_number(v)
+    return f if f is not None and math.isfinite(f) else None
 
 
 def _present(v: Any) -> bool:
