@@ -117,10 +117,16 @@ def _encodable(name: str) -> bool:
         return False
 
 
+CALIBRATION = 0.1  # fraction of the images a refit holds back to recalibrate a `tpr:` threshold
+
+
 def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print) -> dict:
-    """Retrain the trial's config on train + validation (no hold-out) for the epochs it ran, printing a line
-    per epoch; the sweep's per-level thresholds are kept. Saved as refit/<trial>/checkpoint.pt in the sweep."""
-    from .config import TrainConfig, from_dict
+    """Retrain the trial's config on all classes (no hold-out) for the epochs it ran, printing a line per
+    epoch, and save it as refit/<trial>/checkpoint.pt in the sweep. Thresholds: a similarity threshold of
+    one model does not transfer to another, so a `tpr:P` rule is resolved again on held-back calibration
+    images (10%, stratified) of the refit model; a number or `best` keeps the sweep trial's per-level
+    values. The checkpoint records which (`calibration`)."""
+    from .config import Threshold, TrainConfig, from_dict
     from .synthetic import SynthSpec, load_source
     from .train import fit
 
@@ -130,12 +136,15 @@ def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print) -> di
     thresholds = (last.get("threshold_super", math.nan), last.get("threshold_sub", math.nan))
     if not all(math.isfinite(t) for t in thresholds):
         raise SelectionError(f"trial {trial['trial_id']}: its checkpoint records no resolved thresholds to refit with")
-    refit_cfg = cfg.replace(epochs=int(trial["epochs_run"]), val_fraction=0.0, holdout_subclasses=0,
-                            holdout_superclasses=0,  # no validation left: a number, never a rule to calibrate
-                            threshold=thresholds[0])
+    rule = Threshold.parse(cfg.threshold)
+    recalibrate = rule.kind == "tpr"
+    refit_cfg = cfg.replace(epochs=int(trial["epochs_run"]), holdout_subclasses=0, holdout_superclasses=0,
+                            val_fraction=CALIBRATION if recalibrate else 0.0,
+                            threshold=str(rule) if recalibrate else thresholds[0])
     source = data_dir or res.meta.get("data", "synthetic")
     synth = from_dict(SynthSpec, res.meta.get("synthetic") or {})
-    log(f"refit: {refit_cfg.backbone}/{refit_cfg.depth} for {refit_cfg.epochs} epochs on train + validation ({source})")
+    log(f"refit: {refit_cfg.backbone}/{refit_cfg.depth} for {refit_cfg.epochs} epochs on every class ({source})"
+        + (f", {CALIBRATION:.0%} held back to recalibrate {rule}" if recalibrate else ""))
     data, saved, t0 = load_source(source, synth), {}, time.time()
 
     def report(r) -> None:
@@ -144,8 +153,16 @@ def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print) -> di
             f"{r.metrics['images_per_s']:.0f} img/s, {time.time() - t0:.0f} s")
 
     fit(refit_cfg, data, report)
-    state = saved["state"]  # with the per-level thresholds the sweep calibrated
-    state["history"][-1].update(threshold_super=thresholds[0], threshold_sub=thresholds[1])
+    state = saved["state"]
+    final = state["history"][-1]
+    if recalibrate:
+        state["calibration"] = {"method": "held-back calibration images", "fraction": CALIBRATION, "rule": str(rule),
+                                "sweep_thresholds": list(thresholds)}
+    else:
+        final.update(threshold_super=thresholds[0], threshold_sub=thresholds[1])
+        state["calibration"] = {"method": "the sweep trial's thresholds", "rule": str(rule)}
+    log(f"refit: thresholds superclass {final['threshold_super']:.4g}, subclass {final['threshold_sub']:.4g} "
+        f"({state['calibration']['method']}; the sweep trial had {thresholds[0]:.4g}, {thresholds[1]:.4g})")
     rel = f"refit/{trial['trial_id']}/checkpoint.pt"
     res.storage.write_bytes(rel, checkpoint.to_bytes(state))
     log(f"refit: saved {res.storage.file_uri(rel)}")

@@ -172,13 +172,17 @@ def test_predict_with_refit(sweep, tmp_path):
     assert main(["predict", str(results), "--images", str(data / "test_images"), "--out", str(out), "--refit"]) == 0
     assert len(pd.read_csv(out)) == len(pd.read_csv(data / "test_labels.csv"))
     assert any((results / "refit").iterdir())
-    # the refit model keeps the per-level thresholds the sweep calibrated on validation
+    # a tpr rule is resolved again for the refit model, on held-back calibration images, and recorded
+    from hier_tl import checkpoint
     from hier_tl.predict import Predictor
-    ckpt = next((results / "refit").glob("*/checkpoint.pt"))
-    trials = pd.read_parquet(results / "trials.parquet")
-    best = trials[trials.trial_id == ckpt.parent.name].iloc[0]
-    p = Predictor.from_checkpoint(ckpt)
-    assert (p.thr_super, p.thr_sub) == pytest.approx((best["final_threshold_super"], best["final_threshold_sub"]))
+    path = next((results / "refit").glob("*/checkpoint.pt"))
+    ckpt = checkpoint.load(path)
+    assert ckpt["calibration"]["method"] == "held-back calibration images" and ckpt["calibration"]["rule"] == "tpr:0.95"
+    assert ckpt["config"]["val_fraction"] == 0.1 and ckpt["config"]["holdout_subclasses"] == 0
+    p = Predictor.from_checkpoint(path)
+    last = ckpt["history"][-1]
+    assert (p.thr_super, p.thr_sub) == (last["threshold_super"], last["threshold_sub"])
+    assert last["seen_sub_acc"] == last["seen_sub_acc"]  # calibration images exist (not NaN)
     assert not list((results / "refit").glob("*/*.tmp"))
 
 
