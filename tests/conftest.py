@@ -4,10 +4,12 @@ from pathlib import Path
 
 import pytest
 
-# Every test run gets its own decode cache and torch hub dir: nothing is read from, or written to, the user's.
+# Every test run gets its own decode cache, torch hub dir and signing key: nothing is read from, or written
+# to, the user's.
 _SESSION_TMP = Path(os.environ.get("PYTEST_HIER_TL_TMP", "/tmp")) / f"hier-tl-tests-{os.getpid()}"
 os.environ["HIER_TL_CACHE"] = str(_SESSION_TMP / "cache")
 os.environ["TORCH_HOME"] = str(_SESSION_TMP / "torch")
+os.environ["HIER_TL_KEY_FILE"] = str(_SESSION_TMP / "key")  # resume's signing key: not the user's
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
