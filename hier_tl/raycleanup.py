@@ -29,11 +29,6 @@ def _cmdline(pid: int) -> str:
 MARK = "HIER_TL_DRIVER"
 
 
-def mark() -> None:
-    """Before ray.init: every process the embedded Ray starts inherits this driver's pid."""
-    os.environ[MARK] = str(os.getpid())
-
-
 def _marked(driver: int) -> list[int]:
     """Processes whose environment says this driver started them."""
     tag, found = f"{MARK}={driver}".encode(), []

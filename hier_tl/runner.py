@@ -48,10 +48,21 @@ def start_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # an embedded, loopback-only Ray needs no token
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # single node: no external IP probe
-    raycleanup.mark()
-    ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    # for the embedded, loopback-only Ray (its processes inherit them) and not beyond: a later `ray start`
+    # of a multi-node cluster from this process must not see them
+    embedded = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),  # no token on loopback
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
+                raycleanup.MARK: str(os.getpid())}  # single node: no external IP probe; the cleanup tag
+    saved = {k: os.environ.get(k) for k in embedded}
+    os.environ.update(embedded)
+    try:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
     raycleanup.record()  # a driver killed with -9 leaves these; the next start removes them
 
 
