@@ -39,3 +39,15 @@ def synth_ds(synth_dir):
     from hier_tl.data import load_dataset
 
     return load_dataset(synth_dir)
+
+
+@pytest.fixture(scope="session")
+def run_dir(synth_ds, tmp_path_factory):
+    """A `hier-tl train`-style run folder (checkpoint.pt after one epoch of cnn_tiny), shared read-only."""
+    from hier_tl.config import TrainConfig
+    from hier_tl.train import fit
+
+    out = tmp_path_factory.mktemp("run")
+    fit(TrainConfig(backbone="cnn_tiny", epochs=1, batch_size=32, val_fraction=0.25), synth_ds,
+        lambda r: r.save(out))
+    return out

@@ -7,17 +7,7 @@ import torch
 
 from hier_tl import checkpoint
 from hier_tl.cli import main
-from hier_tl.config import TrainConfig
 from hier_tl.errors import CheckpointError
-from hier_tl.train import fit
-
-
-@pytest.fixture(scope="module")
-def run_dir(synth_ds, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    fit(TrainConfig(backbone="cnn_tiny", epochs=1, batch_size=32, val_fraction=0.25), synth_ds,
-        lambda r: r.save(out))
-    return out
 
 
 class Evil:

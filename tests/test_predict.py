@@ -3,19 +3,8 @@
 import shutil
 
 import pandas as pd
-import pytest
 
 from hier_tl.cli import main
-from hier_tl.config import TrainConfig
-from hier_tl.train import fit
-
-
-@pytest.fixture(scope="module")
-def run_dir(synth_ds, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    fit(TrainConfig(backbone="cnn_tiny", epochs=1, batch_size=32, val_fraction=0.25), synth_ds,
-        lambda r: r.save(out))
-    return out
 
 
 def test_odd_file_names_are_quoted_or_refused_and_said(run_dir, synth_dir, tmp_path, capsys):
