@@ -111,10 +111,6 @@ class TrainConfig:
             raise ConfigError(f"translate: must be in [0, 0.5), got {self.translate}")
         Threshold.parse(self.threshold)
 
-    @property
-    def threshold_spec(self) -> Threshold:
-        return Threshold.parse(self.threshold)
-
     def replace(self, **changes: Any) -> "TrainConfig":
         return from_dict(TrainConfig, {**dataclasses.asdict(self), **changes})
 

@@ -34,29 +34,23 @@ def param_space(sweep: SweepConfig) -> dict:
 
 
 @SEARCHERS.register("optuna", needs_space=True)
-def optuna_search(sweep: SweepConfig, journal: str | None = None):
-    """TPE, seeded; the study lives in an Optuna journal file when `journal` is given (optuna-dashboard)."""
+def optuna_search(sweep: SweepConfig):
+    """TPE, seeded. (The live journal for optuna-dashboard is written from hier-tl's records: journal.py.)"""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    storage = None
-    if journal:
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        storage = JournalStorage(JournalFileBackend(journal))
-    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=sweep.search.seed), storage=storage,
-                        study_name=sweep.name if storage else None)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=sweep.search.seed))
 
 
 @SEARCHERS.register("random", grid=True)
-def random_search(sweep: SweepConfig, journal: str | None = None):
+def random_search(sweep: SweepConfig):
     from ray.tune.search.basic_variant import BasicVariantGenerator
     return BasicVariantGenerator(random_state=sweep.search.seed, max_concurrent=sweep.max_concurrent)
 
 
 @SEARCHERS.register("grid", grid=True, only_lists=True)
-def grid_search(sweep: SweepConfig, journal: str | None = None):
+def grid_search(sweep: SweepConfig):
     return random_search(sweep)
 
 
