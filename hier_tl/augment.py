@@ -8,6 +8,7 @@ targets with one Beta(alpha, alpha) weight per batch.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -22,14 +23,19 @@ def to_input(x: torch.Tensor, size: int, norm: tuple) -> torch.Tensor:
         x = x.float().div_(255)
     if size and x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-1])
-    mean = torch.tensor(norm[0], device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(norm[1], device=x.device).view(1, 3, 1, 1)
+    mean, std = _channels(tuple(norm[0]), x.device, x.dtype), _channels(tuple(norm[1]), x.device, x.dtype)
     return (x - mean) / std
 
 
+@functools.lru_cache(maxsize=64)
+def _channels(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A (1, 3, 1, 1) constant on the device, made once: building it from a Python list at every batch is a
+    blocking host-to-device copy (a host sync per step on a GPU)."""
+    return torch.tensor(values, dtype=dtype).view(1, 3, 1, 1).to(device)
+
+
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
+    return (x * _channels(GRAY, x.device, x.dtype)).sum(1, keepdim=True)
 
 
 def _factor(n: int, strength: float, device) -> torch.Tensor:

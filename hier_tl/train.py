@@ -67,12 +67,13 @@ class FitResult:
     norm: tuple = ()
 
 
-def use_bf16(device: torch.device, precision: str = "auto") -> bool:
-    """bf16 autocast: always on CUDA under 'auto', and on CPUs with native bf16 (AVX512-BF16 / AMX)."""
+def use_bf16(device: torch.device, precision: str = "auto", gpu_bf16: bool = True) -> bool:
+    """bf16 autocast under 'auto': on CUDA unless the backbone says it is slower there (`gpu_bf16`), and on
+    CPUs with native bf16 (AVX512-BF16 / AMX)."""
     if precision != "auto":
         return precision == "bf16"
     if device.type == "cuda":
-        return True
+        return gpu_bf16
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -82,12 +83,21 @@ def _autocast(device: torch.device, bf16: bool):
 
 @OPTIMIZERS.register("adamw")
 def adamw(params, c: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay, betas=(c.momentum, 0.999))
+    params = list(params)
+    return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay, betas=(c.momentum, 0.999),
+                             fused=_on_cuda(params))
 
 
 @OPTIMIZERS.register("sgd")
 def sgd(params, c: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum, nesterov=True)
+    params = list(params)
+    return torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay, momentum=c.momentum, nesterov=True,
+                           fused=_on_cuda(params))
+
+
+def _on_cuda(params: list) -> bool | None:
+    """Fused optimiser kernels on CUDA (one launch per step instead of a few per tensor group); default off it."""
+    return True if params and all(p.is_cuda for p in params) else None
 
 
 @SCHEDULES.register("cosine")
@@ -147,11 +157,11 @@ def infer(model: HierNet, X: torch.Tensor, norm, size: int, batch: int = 512,
     linear, so the logits are averaged too)."""
     model.eval()
     device = next(model.parameters()).device
-    bf16 = use_bf16(device, precision)
-    sup = [torch.empty(0, model.super_head.out_features)]
-    sub = [torch.empty(0, model.sub_head.out_features)]
-    feats = [torch.empty(0, model.super_head.in_features)]
-    for start in range(0, len(X), batch):
+    bf16 = use_bf16(device, precision, getattr(model, "gpu_bf16", True))
+    sup = [torch.empty(0, model.super_head.out_features, device=device)]
+    sub = [torch.empty(0, model.sub_head.out_features, device=device)]
+    feats = [torch.empty(0, model.super_head.in_features, device=device)]
+    for start in range(0, len(X), batch):  # outputs stay on the device: one copy to the host at the end
         x = augment.to_input(X[start:start + batch].to(device), size, norm)
         x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, bf16):
@@ -159,10 +169,10 @@ def infer(model: HierNet, X: torch.Tensor, norm, size: int, batch: int = 512,
             if tta:
                 f = (f + model.features(x.flip(3))) / 2
             a, b = model.super_head(f), model.sub_head(f)
-        sup.append(a.float().cpu())
-        sub.append(b.float().cpu())
-        feats.append(f.float().cpu())
-    return torch.cat(sup), torch.cat(sub), torch.cat(feats)
+        sup.append(a.float())
+        sub.append(b.float())
+        feats.append(f.float())
+    return torch.cat(sup).cpu(), torch.cat(sub).cpu(), torch.cat(feats).cpu()
 
 
 def checkpoint_state(model, opt, sched, epoch: int, cfg: TrainConfig, space: LabelSpace, history: list[dict],
@@ -177,7 +187,10 @@ def checkpoint_state(model, opt, sched, epoch: int, cfg: TrainConfig, space: Lab
 
 def _restore(ckpt: dict, model, opt, sched) -> tuple[int, list[dict]]:
     model.load_state_dict(ckpt["model"])
+    kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in opt.param_groups]
     opt.load_state_dict(ckpt["optimizer"])
+    for group, k in zip(opt.param_groups, kernels):  # a GPU run's fused kernels cannot resume on a CPU
+        group.update(k)
     sched.load_state_dict(ckpt["scheduler"])
     torch.set_rng_state(ckpt["rng"])
     if ckpt.get("cuda_rng") and torch.cuda.is_available():
@@ -241,7 +254,7 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
     """
     scores = tuple(dict.fromkeys((*novelty.logit_scores(), *scores)))
     run = _prepare(cfg, data, scores)
-    device, bf16 = run.X.device, use_bf16(run.X.device, cfg.precision)
+    device, bf16 = run.X.device, use_bf16(run.X.device, cfg.precision, run.model.gpu_bf16)
     start, history = 0, []
     if resume is not None:
         start, history = _restore(resume if isinstance(resume, dict) else checkpoint.load(resume),

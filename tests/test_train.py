@@ -1,5 +1,6 @@
 """The shared trainer: it learns, reports every epoch, checkpoints exactly, resumes and refuses NaNs."""
 
+import math
 import pandas as pd
 import pytest
 import torch
@@ -70,6 +71,23 @@ def test_resume_continues_from_the_checkpoint_exactly(synth_ds, tmp_path):
     resumed = fit(cfg, synth_ds, resume=ckpt["p"])
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     assert resumed.history[-1]["train_loss"] == pytest.approx(full.history[-1]["train_loss"], rel=1e-4)
+
+
+def test_a_checkpoint_from_fused_gpu_kernels_resumes_on_a_cpu(synth_ds, tmp_path):
+    """A GPU trial's optimiser state says fused=True; a CPU node must still resume it (with its own kernels)."""
+    cfg = TrainConfig(epochs=2, **FAST)
+    saved = {}
+    fit(cfg.replace(epochs=1), synth_ds, lambda r: saved.__setitem__("state", r.state()))
+    state = saved["state"]
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = True  # what torch.optim.AdamW(fused=True) writes on CUDA
+    from hier_tl.train import _prepare, _restore
+
+    run = _prepare(cfg, synth_ds, ())
+    _restore(state, run.model, run.opt, run.sched)
+    assert all(g["fused"] is None for g in run.opt.param_groups)  # the CPU's own kernels, not the GPU's
+    resumed = fit(cfg, synth_ds, resume=state)
+    assert [h["epoch"] for h in resumed.history] == [1, 2] and math.isfinite(resumed.history[-1]["train_loss"])
 
 
 def test_nan_loss_stops_with_a_clear_error(synth_ds, monkeypatch):
