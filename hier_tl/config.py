@@ -83,6 +83,8 @@ class TrainConfig:
     holdout_subclasses: int = 0  # per superclass: seen only in validation, as novel subclasses
     holdout_superclasses: int = 0  # whole superclasses seen only in validation, as novel at both levels
     split_seed: int = 0  # seed of the split (kept apart from `seed` so trials share one split)
+    folds: int = 1  # rotating validation: one model per fold, trained in lockstep; fold f moves the held-out
+    # superclass(es) f places on and redraws the held-out subclasses; metrics are fold means (+ `<metric>_std`)
     # --- novelty ---
     novelty_score: str = "msp"  # registry name: msp | maxlogit | energy | knn
     threshold: float | str = 0.6  # a number, 'tpr:0.95' (keep 95% of seen val images) or 'best'
@@ -100,7 +102,7 @@ class TrainConfig:
         for key, allowed in (("depth", DEPTHS), ("precision", PRECISIONS)):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        for key in ("epochs", "batch_size", "eval_batch_size", "proj_dim"):
+        for key in ("epochs", "batch_size", "eval_batch_size", "proj_dim", "folds"):
             if getattr(self, key) < (2 if key == "batch_size" else 1):
                 raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
         if not self.lr > 0 or not 0 <= self.val_fraction < 1 or not 0 <= self.dropout < 1:

@@ -8,7 +8,7 @@ novel superclass are novel at the subclass level too.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -43,13 +43,24 @@ def metric_mode(name: str) -> str:
 
 @dataclass
 class Outputs:
+    """Logits and targets of a set of images (validation, or new images with no targets), and what feature
+    scores need: the images' features and the training bank (features, logits and subclass labels)."""
+
     super_logits: torch.Tensor
     sub_logits: torch.Tensor
-    super_target: torch.Tensor
-    sub_target: torch.Tensor
+    super_target: torch.Tensor | None = None
+    sub_target: torch.Tensor | None = None
     space: LabelSpace | None = None  # what the head positions mean
     feats: torch.Tensor | None = None  # projection features (feature scores only)
     bank: torch.Tensor | None = None  # training-set projection features (feature scores only)
+    backbone_feats: torch.Tensor | None = None  # backbone features (before the projection)
+    bank_backbone: torch.Tensor | None = None
+    bank_super_logits: torch.Tensor | None = None
+    bank_sub_logits: torch.Tensor | None = None
+    bank_sub_target: torch.Tensor | None = None  # head positions of the bank images' subclasses
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    BANK_FIELDS = ("bank", "bank_backbone", "bank_super_logits", "bank_sub_logits", "bank_sub_target")
 
     def logits(self, level: str) -> torch.Tensor:
         return self.super_logits if level == "super" else self.sub_logits
@@ -57,19 +68,41 @@ class Outputs:
     def target(self, level: str) -> torch.Tensor:
         return self.super_target if level == "super" else self.sub_target
 
+    def bank_logits(self, level: str) -> torch.Tensor | None:
+        return self.bank_super_logits if level == "super" else self.bank_sub_logits
+
+    def bank_state(self) -> dict | None:
+        """The bank tensors, as a checkpoint stores them for predictions on new images."""
+        return None if self.bank is None else {k: getattr(self, k) for k in self.BANK_FIELDS}
+
     def to_dict(self) -> dict:
         """Tensors plus the label space as plain data (loadable with weights_only=True)."""
-        d = {k: v for k, v in self.__dict__.items() if k != "space"}
+        d = {k: v for k, v in self.__dict__.items() if k != "space" and not k.startswith("_")}
         return {**d, "space": self.space.to_dict() if self.space else None}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Outputs":
         space = LabelSpace.from_dict(d["space"]) if d.get("space") else None
-        return cls(d["super_logits"], d["sub_logits"], d["super_target"], d["sub_target"], space,
-                   d.get("feats"), d.get("bank"))
+        names = [f.name for f in fields(cls) if not f.name.startswith("_") and f.name != "space"]
+        return cls(**{k: d.get(k) for k in names}, space=space)
 
     def score(self, name: str, level: str) -> torch.Tensor:
-        return novelty.compute(name, self.logits(level), self.feats, self.bank)
+        """Score `name` at `level` for these images (computed once, then cached)."""
+        if (name, level) not in self._cache:
+            self._cache[name, level] = novelty.compute(name, self, level)
+        return self._cache[name, level]
+
+    def with_bank(self, keep: torch.Tensor) -> "Outputs":
+        """The same images against the bank rows in `keep` only."""
+        return replace(self, _cache={}, **{k: getattr(self, k)[keep] for k in self.BANK_FIELDS
+                                           if getattr(self, k) is not None})
+
+    def bank_as_queries(self, rows: torch.Tensor, keep: torch.Tensor) -> "Outputs":
+        """Bank rows `rows` as the images, scored against the bank rows in `keep`."""
+        q = {"super_logits": self.bank_super_logits, "sub_logits": self.bank_sub_logits, "feats": self.bank,
+             "backbone_feats": self.bank_backbone}
+        return replace(self.with_bank(keep), super_target=None, sub_target=None,
+                       **{k: (v[rows] if v is not None else None) for k, v in q.items()})
 
 
 def accuracy(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -145,8 +178,7 @@ def evaluate(out: Outputs, space: LabelSpace, score: str = "msp", threshold: flo
              scores: tuple[str, ...] = ()) -> dict[str, float]:
     """All validation metrics for one score/threshold, plus AUROC and FPR@95 of each score in `scores`."""
     thr = thresholds_for(out, score, threshold)
-    sup, sub = novelty.predict(out.super_logits, out.sub_logits, space, score, thr["super"], thr["sub"],
-                               out.feats, out.bank)
+    sup, sub = novelty.predict(out, space, score, thr["super"], thr["sub"])
     m: dict[str, float] = {}
     for lvl, pred in (("super", sup), ("sub", sub)):
         acc = accuracy(pred, out.target(lvl))
@@ -293,3 +325,36 @@ def threshold_rows(out: Outputs, scores, thresholds) -> list[dict]:
             row.update({score_key("auroc", lvl): m[score_key("auroc", lvl, score)] for lvl in LEVELS})
             rows.append(row)
     return rows
+
+
+FOLD_SPREAD = ("objective", *(acc_key(lvl, g) for lvl in LEVELS for g in GROUPS))
+FOLD_SUM = ("train_time", "epoch_time")  # what the epoch cost in all
+FOLD_FIRST = ("epoch", "threshold_super", "threshold_sub")  # fold 0's: its model is the one checkpointed
+
+
+def combine_folds(ms: list[dict]) -> dict:
+    """One epoch's metrics over rotation folds: the mean of each (NaN-aware), `<name>_std` (population) for
+    the objective and the accuracies, the sum of the times, and fold 0's thresholds."""
+    if len(ms) == 1:
+        return ms[0]
+    out = {}
+    for k in dict.fromkeys(k for m in ms for k in m):
+        values = torch.tensor([float(m.get(k, math.nan)) for m in ms], dtype=torch.float64)
+        ok = values[~values.isnan()]
+        if k in FOLD_FIRST:
+            out[k] = ms[0][k]
+        elif k in FOLD_SUM:
+            out[k] = float(ok.sum())
+        else:
+            out[k] = float(ok.mean()) if len(ok) else math.nan
+        if k in FOLD_SPREAD:
+            out[f"{k}_std"] = float(ok.std(unbiased=False)) if len(ok) else math.nan
+    return out
+
+
+def mean_rows(per_fold: list[list[dict]]) -> list[dict]:
+    """Threshold rows of several folds (same scores x thresholds, same order) averaged field by field."""
+    if len(per_fold) == 1:
+        return per_fold[0]
+    return [{k: (v if isinstance(v, str) or k in FOLD_FIRST else combine_folds([{k: r[k]} for r in rows])[k])
+             for k, v in rows[0].items()} for rows in zip(*per_fold)]

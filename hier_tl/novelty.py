@@ -32,20 +32,20 @@ def logit_scores() -> list[str]:
 
 
 def needs_features(name: str) -> bool:
-    """Does this score compare projection features with a bank of training features (rather than logits)?"""
+    """Does this score need features and the training-feature bank (rather than the logits alone)?"""
     return bool(SCORES.meta(name).get("features"))
 
 
-def compute(name: str, logits: torch.Tensor, feats: torch.Tensor | None = None,
-            bank: torch.Tensor | None = None) -> torch.Tensor:
-    """Score values for one level; feature scores ignore the logits and use (feats, bank)."""
+def compute(name: str, out, level: str) -> torch.Tensor:
+    """Score values at one level for the images of `out` (a `metrics.Outputs`): a logit score sees that
+    level's logits, a feature score the whole `out` (features, bank, bank labels and logits)."""
     fn = SCORES.get(name, where="novelty score")
     if needs_features(name):
-        if feats is None or bank is None:
+        if out.feats is None or out.bank is None:
             raise ConfigError(f"novelty score {name!r} needs features and a training-feature bank "
                               "(they are computed when the score is requested at training time)")
-        return fn(feats, bank)
-    return fn(logits)
+        return fn(out, level)
+    return fn(out.logits(level))
 
 
 @register_score("msp")
@@ -69,17 +69,20 @@ def energy(logits: torch.Tensor) -> torch.Tensor:
 KNN_K = 10
 
 
-@register_score("knn", features=True)
-def knn(feats: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity to the k-th nearest training feature (k=10) of the shared projection:
-    a feature-space score (Sun et al., 2022), the same at both levels."""
+def knn_similarity(feats: torch.Tensor, bank: torch.Tensor, k: int = KNN_K) -> torch.Tensor:
+    """Cosine similarity of each row of `feats` to its k-th nearest row of `bank`."""
     f = torch.nn.functional.normalize(feats.float(), dim=1)
     b = torch.nn.functional.normalize(bank.float(), dim=1)
-    k = min(KNN_K, len(b))
-    out = []
-    for start in range(0, len(f), 1024):
-        out.append((f[start:start + 1024] @ b.T).topk(k, dim=1).values[:, -1])
+    k = min(k, len(b))
+    out = [(f[s:s + 1024] @ b.T).topk(k, dim=1).values[:, -1] for s in range(0, len(f), 1024)]
     return torch.cat(out) if out else torch.empty(0)
+
+
+@register_score("knn", features=True)
+def knn(out, level: str) -> torch.Tensor:
+    """Cosine similarity to the k-th nearest training feature (k=10) of the shared projection:
+    a feature-space score (Sun et al., 2022), the same at both levels."""
+    return knn_similarity(out.feats, out.bank)
 
 
 def resolve_threshold(spec: Threshold, seen_scores: torch.Tensor) -> float:
@@ -94,14 +97,15 @@ def resolve_threshold(spec: Threshold, seen_scores: torch.Tensor) -> float:
     return float(torch.quantile(seen_scores.float(), 1 - spec.value))
 
 
-def predict(sup_logits: torch.Tensor, sub_logits: torch.Tensor, space: LabelSpace, score: str,
-            thr_sup: float, thr_sub: float, feats: torch.Tensor | None = None,
-            bank: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Head-space predictions with NOVEL (-1) where novel, following the hierarchy rule above."""
+def predict(out, space: LabelSpace, score: str, thr_sup: float,
+            thr_sub: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head-space predictions for the images of `out` (a `metrics.Outputs`) with NOVEL (-1) where novel,
+    following the hierarchy rule above."""
+    sup_logits, sub_logits = out.super_logits, out.sub_logits
     sup = sup_logits.argmax(-1)
     parent = torch.tensor(space.sub_parent, device=sub_logits.device)
     inside = parent[None, :] == sup[:, None]
     sub = sub_logits.float().masked_fill(~inside, -math.inf).argmax(-1)
-    sup_novel = compute(score, sup_logits, feats, bank) < thr_sup
-    sub_novel = sup_novel | (compute(score, sub_logits, feats, bank) < thr_sub)
+    sup_novel = out.score(score, "super") < thr_sup
+    sub_novel = sup_novel | (out.score(score, "sub") < thr_sub)
     return sup.masked_fill(sup_novel, NOVEL), sub.masked_fill(sub_novel, NOVEL)

@@ -18,10 +18,16 @@ from . import checkpoint
 from .errors import HierTLError, SelectionError
 from .fileio import write_text
 from .images import load_images
+from .metrics import Outputs
 from .results import Results, load_results, select, trial_checkpoint
 from .storage import local_path
 from .taxonomy import LabelSpace
 from .train import infer
+
+def _bank(saved) -> dict | None:
+    """The checkpoint's training bank; checkpoints before backbone-feature scores kept the projection only."""
+    return {"bank": saved} if isinstance(saved, torch.Tensor) else saved
+
 
 UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -37,7 +43,7 @@ class Predictor:
     thr_super: float
     thr_sub: float
     precision: str = "auto"
-    bank: torch.Tensor | None = None  # training features, for feature-space scores
+    bank: dict | None = None  # the training bank (Outputs.bank_state()), for feature-space scores
     tta: bool = False  # mirror-image averaging, as the model was validated
 
     @classmethod
@@ -55,24 +61,24 @@ class Predictor:
             raise HierTLError(f"{name}: records no resolved thresholds; pass --threshold VALUE")
         side = int(ckpt.get("data_side", 64))
         return cls(model, space, norm, cfg.image_size or side, side, cfg.novelty_score, float(thr_sup), float(thr_sub),
-                   cfg.precision, ckpt.get("bank"), cfg.tta)
+                   cfg.precision, _bank(ckpt.get("bank")), cfg.tta)
 
     def predict(self, images: torch.Tensor, batch: int = 512, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images -> mapping-file indices (novel indices where novel), both levels."""
         from .novelty import predict as rule
 
-        size = self.size
-        sups, subs = [torch.empty(0, dtype=torch.int64)], [torch.empty(0, dtype=torch.int64)]
-        t0 = time.time()
+        parts, t0 = [], time.time()
         for start in range(0, len(images), batch):
-            a, b, f = infer(self.model, images[start:start + batch], self.norm, size, batch, self.precision,
-                            self.tta)
-            s, u = rule(a, b, self.space, self.score, self.thr_super, self.thr_sub, f, self.bank)
-            sups.append(s)
-            subs.append(u)
+            parts.append(infer(self.model, images[start:start + batch], self.norm, self.size, batch, self.precision,
+                               self.tta))
             if progress:
                 _bar(min(start + batch, len(images)), len(images), time.time() - t0)
-        return self.space.decode(torch.cat(sups), torch.cat(subs))
+        if not parts:
+            parts.append(infer(self.model, images, self.norm, self.size, batch, self.precision, self.tta))
+        a, b, f, h = (torch.cat(p) for p in zip(*parts))
+        out = Outputs(a, b, space=self.space, feats=f, backbone_feats=h, **(self.bank or {}))
+        sups, subs = rule(out, self.space, self.score, self.thr_super, self.thr_sub)  # scored once, all images
+        return self.space.decode(sups, subs)
 
 
 def _bar(done: int, total: int, elapsed: float) -> None:

@@ -44,6 +44,8 @@ def comparison_table(trials: pd.DataFrame, metric: str = "objective", mode: str 
         best = best_trial(g, metric, mode)
         best = g.iloc[0] if best is None else best
         row = {"backbone": bb, "depth": depth, metric: best.get(f"final_{metric}")}
+        if f"final_{metric}_std" in g:  # rotating validation: the spread of the objective over folds
+            row["fold spread"] = best.get(f"final_{metric}_std")
         row.update({name: best.get(col) for name, col in table_columns().items()})
         row.update({"trials": len(g), "stopped early": int((g.status == "stopped").sum()),
                     "errored": int((g.status == "errored").sum()), "compute s": float(g.compute_s.sum()),
@@ -59,6 +61,8 @@ def cell(col: str, v) -> str:
         return "-"
     if col in PERCENT:
         return f"{100 * v:.1f}%"
+    if col == "fold spread":
+        return f"±{v:.3f}"
     if col == "lr":
         return f"{v:.1e}"
     if col.endswith(" s") or col in (lab for n in EPOCH_METRICS.names() if (lab := EPOCH_METRICS.meta(n).get("label"))):

@@ -26,8 +26,12 @@ class Split:
 
 
 def make_split(ds: Dataset, val_fraction: float = 0.1, seed: int = 0,
-               holdout_subclasses: int = 0, holdout_superclasses: int = 0) -> Split:
-    """Deterministic for a given seed. Raises ConfigError when the hold-out would leave nothing to train."""
+               holdout_subclasses: int = 0, holdout_superclasses: int = 0, fold: int = 0) -> Split:
+    """Deterministic for a given seed. Raises ConfigError when the hold-out would leave nothing to train.
+
+    `fold` rotates the protocol: fold f holds out the superclasses f places after fold 0's (in index
+    order, wrapping: n folds cover every superclass) and draws its held-out subclasses and its validation
+    images afresh (seeded by (seed, f)). Fold 0 is the plain split."""
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
     rng = np.random.default_rng(seed)
@@ -37,6 +41,10 @@ def make_split(ds: Dataset, val_fraction: float = 0.1, seed: int = 0,
         raise ConfigError(f"holdout_superclasses={holdout_superclasses} leaves no superclass to train on "
                          f"({len(present_supers)} present)")
     held_sup = sorted(int(s) for s in rng.choice(present_supers, holdout_superclasses, replace=False))
+    if fold:
+        n = len(present_supers)
+        held_sup = sorted(present_supers[(present_supers.index(s) + fold) % n] for s in held_sup)
+        rng = np.random.default_rng([seed, fold])
     held_sub = []
     for s in present_supers:
         if s in held_sup:

@@ -11,7 +11,7 @@ import contextlib
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -39,6 +39,7 @@ class EpochReport:
     outputs: Outputs  # validation logits, targets (and features) for post-hoc re-scoring
     save: Callable[[Path | str], Path]  # save(dir_or_file) writes a resumable checkpoint, returns its path
     state: Callable[[], dict]  # the same checkpoint as a dict (to store elsewhere than a local file)
+    fold_outputs: list = field(default_factory=list)  # with `folds` > 1: every fold's outputs (fold 0 first)
 
 
 Report = Callable[[EpochReport], None]
@@ -150,33 +151,36 @@ def train_one_epoch(model, opt, sched, X, y_sup, y_sub, idx, cfg: TrainConfig, n
 
 
 @torch.inference_mode()
-def infer(model: HierNet, X: torch.Tensor, norm, size: int, batch: int = 512,
-          precision: str = "auto", tta: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(superclass logits, subclass logits, projection features) for uint8 images X, in eval mode, as
-    float32 on the CPU. `tta` averages the features of each image and its mirror image (the heads are
-    linear, so the logits are averaged too)."""
+def infer(model: HierNet, X: torch.Tensor, norm, size: int, batch: int = 512, precision: str = "auto",
+          tta: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(superclass logits, subclass logits, projection features, backbone features) for uint8 images X, in
+    eval mode, as float32 on the CPU. `tta` averages the features of each image and its mirror image (the
+    heads are linear, so the logits are averaged too)."""
     model.eval()
     device = next(model.parameters()).device
     bf16 = use_bf16(device, precision, getattr(model, "gpu_bf16", True))
-    sup = [torch.empty(0, model.super_head.out_features, device=device)]
-    sub = [torch.empty(0, model.sub_head.out_features, device=device)]
-    feats = [torch.empty(0, model.super_head.in_features, device=device)]
+    parts: list[list[torch.Tensor]] = [[], [], [], []]
     for start in range(0, len(X), batch):  # outputs stay on the device: one copy to the host at the end
         x = augment.to_input(X[start:start + batch].to(device), size, norm)
         x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, bf16):
-            f = model.features(x)
+            h = model.backbone(x)
+            f = model.proj(h)
             if tta:
-                f = (f + model.features(x.flip(3))) / 2
+                h2 = model.backbone(x.flip(3))
+                h, f = (h + h2) / 2, (f + model.proj(h2)) / 2
             a, b = model.super_head(f), model.sub_head(f)
-        sup.append(a.float())
-        sub.append(b.float())
-        feats.append(f.float())
-    return torch.cat(sup).cpu(), torch.cat(sub).cpu(), torch.cat(feats).cpu()
+        for part, t in zip(parts, (a, b, f, h)):
+            part.append(t.float())
+    if not parts[0]:
+        widths = (model.super_head.out_features, model.sub_head.out_features, model.super_head.in_features,
+                  model.proj[0].in_features)
+        return tuple(torch.empty(0, w) for w in widths)
+    return tuple(torch.cat(p).cpu() for p in parts)
 
 
 def checkpoint_state(model, opt, sched, epoch: int, cfg: TrainConfig, space: LabelSpace, history: list[dict],
-                     norm, data_side: int, bank: torch.Tensor | None = None) -> dict:
+                     norm, data_side: int, bank: dict | None = None) -> dict:
     """Everything needed to resume or predict (loadable with weights_only=True)."""
     return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "epoch": epoch, "config": cfg.to_dict(), "space": space.to_dict(), "history": history,
@@ -186,16 +190,20 @@ def checkpoint_state(model, opt, sched, epoch: int, cfg: TrainConfig, space: Lab
 
 
 def _restore(ckpt: dict, model, opt, sched) -> tuple[int, list[dict]]:
+    _load_weights(ckpt, model, opt, sched)
+    torch.set_rng_state(ckpt["rng"])
+    if ckpt.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    return int(ckpt["epoch"]), list(ckpt["history"])
+
+
+def _load_weights(ckpt: dict, model, opt, sched) -> None:
     model.load_state_dict(ckpt["model"])
     kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in opt.param_groups]
     opt.load_state_dict(ckpt["optimizer"])
     for group, k in zip(opt.param_groups, kernels):  # a GPU run's fused kernels cannot resume on a CPU
         group.update(k)
     sched.load_state_dict(ckpt["scheduler"])
-    torch.set_rng_state(ckpt["rng"])
-    if ckpt.get("cuda_rng") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-    return int(ckpt["epoch"]), list(ckpt["history"])
 
 
 @dataclass
@@ -217,22 +225,29 @@ class _Run:
     bank: bool  # whether validation also computes the training-feature bank
 
     def validate(self) -> Outputs:
-        c, m = self.cfg, self.model
-        sup_l, sub_l, feats = infer(m, self.X[self.val], self.norm, self.size, c.eval_batch_size, c.precision, c.tta)
-        bank = infer(m, self.X[self.train[:BANK_SIZE]], self.norm, self.size, c.eval_batch_size, c.precision,
-                     c.tta)[2] if self.bank else None  # unaugmented training features, for feature scores
-        return Outputs(sup_l, sub_l, self.y_sup[self.val].cpu(), self.y_sub[self.val].cpu(), self.space,
-                       feats if self.bank else None, bank)
+        c = self.cfg
 
-    def state(self, epoch: int, history: list[dict], bank) -> dict:
+        def run(rows):
+            return infer(self.model, self.X[rows], self.norm, self.size, c.eval_batch_size, c.precision, c.tta)
+        sup_l, sub_l, feats, back = run(self.val)
+        out = Outputs(sup_l, sub_l, self.y_sup[self.val].cpu(), self.y_sub[self.val].cpu(), self.space)
+        if self.bank:  # unaugmented training images, for feature scores
+            rows = self.train[:BANK_SIZE]
+            b_sup, b_sub, b_feats, b_back = run(rows)
+            out = replace(out, feats=feats, backbone_feats=back, bank=b_feats, bank_backbone=b_back,
+                          bank_super_logits=b_sup, bank_sub_logits=b_sub, bank_sub_target=self.y_sub[rows].cpu())
+        return out
+
+    def state(self, epoch: int, history: list[dict], bank: dict | None) -> dict:
         return checkpoint_state(self.model, self.opt, self.sched, epoch, self.cfg, self.space, history, self.norm,
                                 self.X.shape[-1], bank)
 
 
-def _prepare(cfg: TrainConfig, data: Dataset, scores: tuple[str, ...]) -> _Run:
+def _prepare(cfg: TrainConfig, data: Dataset, scores: tuple[str, ...], fold: int = 0) -> _Run:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    split = make_split(data, cfg.val_fraction, cfg.split_seed, cfg.holdout_subclasses, cfg.holdout_superclasses)
+    split = make_split(data, cfg.val_fraction, cfg.split_seed, cfg.holdout_subclasses, cfg.holdout_superclasses,
+                       fold)
     model, bb = build_model(cfg, len(split.space.supers), len(split.space.subs))
     model.to(device=device, memory_format=torch.channels_last)
     y_sup, y_sub = (t.to(device) for t in split.space.encode(data.superclass, data.subclass))
@@ -249,38 +264,57 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
     """Train `cfg` on `data`; after every epoch call `report(EpochReport)`.
 
     Metrics are the registered training metrics (`metrics.EPOCH_METRICS`) plus the validation metrics of the
-    config's novelty score and threshold, with AUROC / FPR@95 of every logit score and of `scores`.
+    config's novelty score and threshold, with AUROC / FPR@95 of every logit score and of `scores`. With
+    `folds` > 1, one model per fold trains in lockstep and the metrics are fold means (`metrics.combine_folds`);
+    the result, the reported outputs and the checkpoint's model are fold 0's (the others ride along in it).
     `resume` is a checkpoint (path or loaded dict) to continue from. Raises DivergedError on a NaN loss.
     """
     scores = tuple(dict.fromkeys((*novelty.logit_scores(), *scores)))
-    run = _prepare(cfg, data, scores)
-    device, bf16 = run.X.device, use_bf16(run.X.device, cfg.precision, run.model.gpu_bf16)
+    runs = [_prepare(cfg, data, scores, fold) for fold in range(cfg.folds)]
+    bf16 = use_bf16(runs[0].X.device, cfg.precision, runs[0].model.gpu_bf16)
     start, history = 0, []
     if resume is not None:
-        start, history = _restore(resume if isinstance(resume, dict) else checkpoint.load(resume),
-                                  run.model, run.opt, run.sched)
-    out = None
+        ckpt = resume if isinstance(resume, dict) else checkpoint.load(resume)
+        start, history = _restore(ckpt, runs[0].model, runs[0].opt, runs[0].sched)
+        for run, saved in zip(runs[1:], ckpt.get("folds") or []):
+            _load_weights(saved, run.model, run.opt, run.sched)
+    outs = None
     for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        loss_sum = train_one_epoch(run.model, run.opt, run.sched, run.X, run.y_sup, run.y_sub, run.train, cfg,
-                                   run.norm, run.size, device, bf16)
-        train_loss = float(loss_sum) / len(run.train)  # the one host sync per epoch
-        if not math.isfinite(train_loss):
-            raise DivergedError(f"training loss is {train_loss} at epoch {epoch + 1} "
-                                f"(lr={cfg.lr}, backbone={cfg.backbone}); lower the learning rate")
-        train_time = time.perf_counter() - t0
-        out = run.validate()
-        m = metrics.evaluate(out, run.space, cfg.novelty_score, cfg.threshold, scores)
-        m = {**metrics.epoch_metrics(EpochState(epoch + 1, train_loss, len(run.train), train_time,
-                                                time.perf_counter() - t0, run.sched.get_last_lr()[0], out)), **m}
+        per_fold = [_epoch(run, epoch, scores, bf16) for run in runs]
+        m, outs = metrics.combine_folds([pm for pm, _ in per_fold]), [o for _, o in per_fold]
         history.append(m)
         if report is not None:
-            def state(_e=epoch + 1, _h=list(history), _b=out.bank):
-                return run.state(_e, _h, _b)
-            report(EpochReport(m, out, lambda path, _s=state: checkpoint.save(_s(), path), state))
-    if out is None:  # resumed after the last epoch: evaluate once so callers get outputs
-        out = run.validate()
-    return FitResult(run.model, run.space, out, history, run.norm)
+            def state(_e=epoch + 1, _h=list(history), _o=list(outs)):
+                return _state(runs, _o, _e, _h)
+            report(EpochReport(m, outs[0], lambda path, _s=state: checkpoint.save(_s(), path), state, outs))
+    if outs is None:  # resumed after the last epoch: evaluate once so callers get outputs
+        outs = [runs[0].validate()]
+    return FitResult(runs[0].model, runs[0].space, outs[0], history, runs[0].norm)
+
+
+def _epoch(run: _Run, epoch: int, scores: tuple[str, ...], bf16: bool) -> tuple[dict, Outputs]:
+    """Train one epoch, validate, and compute the epoch's metrics."""
+    cfg, t0 = run.cfg, time.perf_counter()
+    loss_sum = train_one_epoch(run.model, run.opt, run.sched, run.X, run.y_sup, run.y_sub, run.train, cfg,
+                               run.norm, run.size, run.X.device, bf16)
+    train_loss = float(loss_sum) / len(run.train)  # the one host sync per epoch
+    if not math.isfinite(train_loss):
+        raise DivergedError(f"training loss is {train_loss} at epoch {epoch + 1} "
+                            f"(lr={cfg.lr}, backbone={cfg.backbone}); lower the learning rate")
+    train_time = time.perf_counter() - t0
+    out = run.validate()
+    m = metrics.evaluate(out, run.space, cfg.novelty_score, cfg.threshold, scores)
+    return {**metrics.epoch_metrics(EpochState(epoch + 1, train_loss, len(run.train), train_time,
+                                               time.perf_counter() - t0, run.sched.get_last_lr()[0], out)), **m}, out
+
+
+def _state(runs: list[_Run], outs: list[Outputs], epoch: int, history: list[dict]) -> dict:
+    """Fold 0's checkpoint; the other folds' weights, optimisers and schedules under `folds`."""
+    state = runs[0].state(epoch, history, outs[0].bank_state())
+    if len(runs) > 1:
+        state["folds"] = [{"model": r.model.state_dict(), "optimizer": r.opt.state_dict(),
+                           "scheduler": r.sched.state_dict()} for r in runs[1:]]
+    return state
 
 
 def train_to_folder(cfg: TrainConfig, data: Dataset, out: Path | str, log=print) -> FitResult:

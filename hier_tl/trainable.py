@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import checkpoint
 from .data import Dataset
-from .metrics import evaluate, threshold_rows
+from .metrics import evaluate, mean_rows, threshold_rows
 from .sweep import SweepConfig
 
 
@@ -41,7 +41,7 @@ def trainable(sampled: dict, *, sweep: SweepConfig, data: Dataset) -> None:
             return
 
     def report(r) -> None:
-        send(r.metrics, r.outputs, r.state())
+        send(r.metrics, r.outputs, r.state(), r.fold_outputs)
         if cache is not None and cache.owner:
             cache.store(r)
 
@@ -65,10 +65,11 @@ class Sender:
         p = folder / "reported.json"
         self.reported = json.loads(p.read_text()) if p.is_file() else []
 
-    def __call__(self, m: dict, out, state: dict | None) -> None:
+    def __call__(self, m: dict, out, state: dict | None, fold_outputs: list | None = None) -> None:
         from ray import tune
 
-        rows = threshold_rows(out, self.sweep.novelty.scores, self.sweep.novelty.thresholds)
+        n = self.sweep.novelty
+        rows = mean_rows([threshold_rows(o, n.scores, n.thresholds) for o in (fold_outputs or [out])])
         result = {**_finite({**m, **self.info}, self.sweep.scheduler), "thresholds_json": json.dumps(rows)}
         self.reported = [r for r in self.reported if r["epoch"] < m["epoch"]] + [result]
         with tempfile.TemporaryDirectory() as d:
@@ -90,7 +91,7 @@ def _run_cache(sweep: SweepConfig, cfg):
     """A shared-run cache when the sweep samples only-novelty keys and results live on a shared filesystem."""
     from .storage import is_uri
 
-    if not sweep.threshold_only_keys or is_uri(sweep.storage):
+    if not sweep.threshold_only_keys or is_uri(sweep.storage) or cfg.folds > 1:  # the cache keeps fold 0 only
         return None
     from .runcache import RunCache
 

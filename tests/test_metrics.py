@@ -85,3 +85,16 @@ def test_score_wrong_columns(synth_dir, tmp_path, capsys):
     (tmp_path / "p.csv").write_text("img,super,sub\na.jpg,0,1\n")
     assert main(["score", str(tmp_path / "p.csv"), str(labels), "--data", str(synth_dir)]) == 2
     assert "missing column" in capsys.readouterr().err
+
+
+def test_fold_metrics_are_means_with_spread_summed_times_and_fold_zero_thresholds():
+    folds = [{"epoch": 2, "objective": 0.5, "novel_super_acc": 0.2, "train_time": 1.0, "threshold_super": 0.3},
+             {"epoch": 2, "objective": 0.7, "novel_super_acc": math.nan, "train_time": 2.0, "threshold_super": 0.9}]
+    m = metrics.combine_folds(folds)
+    assert m["objective"] == pytest.approx(0.6) and m["objective_std"] == pytest.approx(0.1)
+    assert m["novel_super_acc"] == pytest.approx(0.2)  # a fold without novel images does not count
+    assert m["train_time"] == 3.0 and m["threshold_super"] == 0.3 and m["epoch"] == 2
+    assert metrics.combine_folds(folds[:1]) is folds[0]
+    rows = metrics.mean_rows([[{"score": "msp", "threshold": "best", "objective": 0.4, "threshold_super": 0.1}],
+                              [{"score": "msp", "threshold": "best", "objective": 0.8, "threshold_super": 0.7}]])
+    assert rows == [{"score": "msp", "threshold": "best", "objective": pytest.approx(0.6), "threshold_super": 0.1}]

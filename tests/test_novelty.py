@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hier_tl import novelty
+from hier_tl.metrics import Outputs
 from hier_tl.taxonomy import NOVEL, LabelSpace
 
 SPACE = LabelSpace(supers=(0, 1), subs=(10, 11, 12), sub_parent=(0, 0, 1), novel_super=2, novel_sub=13)
@@ -22,27 +23,27 @@ def test_scores():
 def test_hierarchy_conflict_picks_a_child_of_the_predicted_superclass():
     sup = torch.tensor([[5.0, 0.0]])  # superclass 0 (children: sub heads 0 and 1)
     sub = torch.tensor([[1.0, 2.0, 9.0]])  # the unconstrained argmax (head 2) belongs to superclass 1
-    s, b = novelty.predict(sup, sub, SPACE, "maxlogit", -1e9, -1e9)
+    s, b = novelty.predict(Outputs(sup, sub), SPACE, "maxlogit", -1e9, -1e9)
     assert s.tolist() == [0] and b.tolist() == [1]
 
 
 def test_novel_superclass_forces_novel_subclass():
     sup, sub = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 50.0, 0.0]])
-    s, b = novelty.predict(sup, sub, SPACE, "msp", 0.6, 0.0)
+    s, b = novelty.predict(Outputs(sup, sub), SPACE, "msp", 0.6, 0.0)
     assert s.tolist() == [NOVEL] and b.tolist() == [NOVEL]
 
 
 def test_novel_subclass_keeps_the_superclass():
     sup, sub = torch.tensor([[9.0, 0.0]]), torch.tensor([[0.0, 0.0, 0.0]])
-    s, b = novelty.predict(sup, sub, SPACE, "msp", 0.6, 0.6)
+    s, b = novelty.predict(Outputs(sup, sub), SPACE, "msp", 0.6, 0.6)
     assert s.tolist() == [0] and b.tolist() == [NOVEL]
 
 
 def test_tie_with_threshold_counts_as_seen_and_all_novel_works():
     sup = torch.tensor([[0.0, 0.0]])  # msp exactly 0.5
-    s, _ = novelty.predict(sup, torch.zeros(1, 3), SPACE, "msp", 0.5, 0.0)
+    s, _ = novelty.predict(Outputs(sup, torch.zeros(1, 3)), SPACE, "msp", 0.5, 0.0)
     assert s.tolist() == [0]
-    s, b = novelty.predict(torch.randn(6, 2), torch.randn(6, 3), SPACE, "msp", 1.01, 1.01)
+    s, b = novelty.predict(Outputs(torch.randn(6, 2), torch.randn(6, 3)), SPACE, "msp", 1.01, 1.01)
     assert (s == NOVEL).all() and (b == NOVEL).all()
 
 
@@ -54,14 +55,14 @@ def test_threshold_specs():
     with pytest.raises(ValueError):
         novelty.resolve_threshold("tpr:1.5", seen)
     with pytest.raises(ValueError, match="unknown novelty score 'odin'"):
-        novelty.compute("odin", torch.zeros(1, 2))
+        novelty.compute("odin", Outputs(torch.zeros(1, 2), torch.zeros(1, 3)), "super")
 
 
 def test_knn_scores_by_distance_to_the_kth_training_feature():
     bank = torch.eye(4).repeat(10, 1)  # 40 training features: each axis ten times
     near = torch.tensor([[1.0, 0.01, 0, 0]])
     far = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
-    assert novelty.knn(near, bank) > novelty.knn(far, bank)
+    assert novelty.knn_similarity(near, bank) > novelty.knn_similarity(far, bank)
     assert novelty.needs_features("knn") and not novelty.needs_features("msp")
     with pytest.raises(ValueError, match="needs features"):
-        novelty.compute("knn", torch.zeros(1, 2))
+        novelty.compute("knn", Outputs(torch.zeros(1, 2), torch.zeros(1, 3)), "super")

@@ -49,3 +49,16 @@ def test_every_class_gets_a_validation_image_however_small(synth_ds):
     s = make_split(synth_ds, 0.01, seed=0)  # 1% of 16 rounds to 0: still one each
     assert len(s.val) == 9 and set(synth_ds.subclass[s.val].tolist()) == set(range(9))
     assert len(make_split(synth_ds, 0.0).val) == 0  # 0 means no validation (the refit case)
+
+
+def test_rotating_folds_hold_out_every_superclass_once_and_redraw_subclasses(synth_ds):
+    plain = make_split(synth_ds, 0.1, seed=0, holdout_subclasses=1, holdout_superclasses=1)
+    folds = [make_split(synth_ds, 0.1, seed=0, holdout_subclasses=1, holdout_superclasses=1, fold=f) for f in range(3)]
+    assert torch.equal(folds[0].val, plain.val) and folds[0].held_out_subs == plain.held_out_subs  # fold 0 = plain
+    assert sorted(s for f in folds for s in f.held_out_supers) == sorted(set(synth_ds.superclass.tolist()))
+    assert len({f.held_out_subs for f in folds}) > 1  # fresh subclass draws
+    for f in folds:  # each fold is a valid open-set split
+        assert set(f.train.tolist()).isdisjoint(f.val.tolist())
+        assert not torch.isin(synth_ds.superclass[f.train], torch.tensor(f.held_out_supers)).any()
+    again = make_split(synth_ds, 0.1, seed=0, holdout_subclasses=1, holdout_superclasses=1, fold=2)
+    assert torch.equal(again.val, folds[2].val)  # deterministic per (seed, fold)

@@ -122,16 +122,35 @@ def test_feature_score_knn_end_to_end(synth_ds, tmp_path):
     assert out.bank is not None and out.feats is not None
     # the reported AUROC is the knn score's, computed from the saved features and the training bank
     seen = out.sub_target != -1
-    assert m["auroc_sub_knn"] == pytest.approx(metrics.auroc(novelty.knn(out.feats, out.bank), seen))
+    assert m["auroc_sub_knn"] == pytest.approx(metrics.auroc(novelty.knn_similarity(out.feats, out.bank), seen))
     from hier_tl.predict import Predictor
     from hier_tl.split import make_split
     p = Predictor.from_checkpoint(saved["p"])
-    assert p.score == "knn" and torch.equal(p.bank, out.bank)
+    assert p.score == "knn" and torch.equal(p.bank["bank"], out.bank)
     # predicting the validation images from the checkpoint reproduces the validation decisions exactly
     cfg = TrainConfig(epochs=1, novelty_score="knn", threshold="tpr:0.95", holdout_subclasses=1, **FAST)
     val = make_split(synth_ds, cfg.val_fraction, cfg.split_seed, cfg.holdout_subclasses).val
     sup, sub = p.predict(synth_ds.images[val], progress=False)
-    want = res.space.decode(*novelty.predict(out.super_logits, out.sub_logits, res.space, "knn",
-                                             m["threshold_super"], m["threshold_sub"], out.feats, out.bank))
+    want = res.space.decode(*novelty.predict(out, res.space, "knn", m["threshold_super"], m["threshold_sub"]))
     assert torch.equal(sup, want[0]) and torch.equal(sub, want[1])
     assert (sub == res.space.novel_sub).any()  # the held-out subclass is flagged somewhere
+
+
+def test_rotating_folds_train_in_lockstep_report_means_and_resume(synth_ds, tmp_path):
+    cfg = TrainConfig(epochs=2, folds=3, holdout_superclasses=1, **FAST)
+    reports, ckpt = [], {}
+
+    def keep(r):
+        reports.append(r)
+        if r.metrics["epoch"] == 1:
+            ckpt["path"] = r.save(tmp_path)  # serialised now: a state dict holds the live tensors
+    full = fit(cfg, synth_ds, keep)
+    r = reports[-1]
+    per_fold = [metrics.evaluate(o, o.space, cfg.novelty_score, cfg.threshold) for o in r.fold_outputs]
+    assert len(per_fold) == 3 and len({o.space.supers for o in r.fold_outputs}) == 3  # each fold its own heads
+    assert r.metrics["novel_super_acc"] == pytest.approx(sum(m["novel_super_acc"] for m in per_fold) / 3)
+    assert r.metrics["objective"] == pytest.approx(sum(m["objective"] for m in per_fold) / 3)
+    assert "objective_std" in r.metrics and len(checkpoint.load(ckpt["path"])["folds"]) == 2
+    resumed = fit(cfg, synth_ds, resume=ckpt["path"])
+    assert resumed.history[-1]["objective"] == pytest.approx(full.history[-1]["objective"], abs=1e-6)
+    assert resumed.history[-1]["train_loss"] == pytest.approx(full.history[-1]["train_loss"], rel=1e-4)

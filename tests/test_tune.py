@@ -219,3 +219,17 @@ def test_a_metric_registered_in_one_place_reaches_epochs_replays_trials_and_repo
         assert "| lr x1000 |" in (tmp_path / "results" / "t" / "report.md").read_text()
     finally:
         EPOCH_METRICS._entries.pop("lr_x1000", None)
+
+
+def test_a_sweep_with_rotating_folds_ranks_by_the_fold_mean_and_records_the_spread(tmp_path, capsys):
+    base = {"backbone": "cnn_tiny", "epochs": 2, "batch_size": 16, "val_fraction": 0.25, "holdout_subclasses": 1,
+            "holdout_superclasses": 1, "threshold": "tpr:0.95", "folds": 3}
+    p = tiny_sweep(tmp_path, base=base, num_samples=2, scheduler={"kind": "none"},
+                   novelty={"scores": ["msp", "fusion"], "thresholds": ["tpr:0.95"]})
+    assert main(["sweep", str(p)]) == 0
+    res = load_results(tmp_path / "results" / "t")
+    assert {"objective_std", "novel_super_acc_std", "seen_sub_acc_std"} <= set(res.epochs.columns)
+    assert res.trials.final_objective_std.notna().all() and (res.trials.folds == 3).all()
+    assert set(res.thresholds.score) == {"msp", "fusion"} and res.thresholds.novel_super_acc.notna().all()
+    best = res.trials.loc[res.trials.final_objective.idxmax()]
+    assert f"±{best.final_objective_std:.3f}" in capsys.readouterr().out  # the table shows the fold spread
