@@ -243,7 +243,9 @@ class _Run:
                                 self.X.shape[-1], bank)
 
 
-def _prepare(cfg: TrainConfig, data: Dataset, scores: tuple[str, ...], fold: int = 0) -> _Run:
+def _prepare(cfg: TrainConfig, data: Dataset, scores: tuple[str, ...], fold: int = 0,
+             X: torch.Tensor | None = None) -> _Run:
+    """One fold's model, optimiser and split; `X` is the dataset already on the device (shared by folds)."""
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     split = make_split(data, cfg.val_fraction, cfg.split_seed, cfg.holdout_subclasses, cfg.holdout_superclasses,
@@ -255,7 +257,8 @@ def _prepare(cfg: TrainConfig, data: Dataset, scores: tuple[str, ...], fold: int
     opt = make_optimizer(cfg, model)
     sched = make_schedule(cfg, opt, max(1, math.ceil(len(tr) / cfg.batch_size)))
     bank = any(novelty.needs_features(s) for s in {cfg.novelty_score, *scores})
-    return _Run(cfg, model, opt, sched, split.space, bb.norm, data.images.to(device), y_sup, y_sub, tr,
+    X = data.images.to(device) if X is None else X
+    return _Run(cfg, model, opt, sched, split.space, bb.norm, X, y_sup, y_sub, tr,
                 split.val.to(device), cfg.image_size or data.images.shape[-1], bank)
 
 
@@ -270,7 +273,8 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
     `resume` is a checkpoint (path or loaded dict) to continue from. Raises DivergedError on a NaN loss.
     """
     scores = tuple(dict.fromkeys((*novelty.logit_scores(), *scores)))
-    runs = [_prepare(cfg, data, scores, fold) for fold in range(cfg.folds)]
+    X = data.images.to(resolve_device(cfg.device))  # one copy on the device, whatever the folds
+    runs = [_prepare(cfg, data, scores, fold, X) for fold in range(cfg.folds)]
     bf16 = use_bf16(runs[0].X.device, cfg.precision, runs[0].model.gpu_bf16)
     start, history = 0, []
     if resume is not None:
