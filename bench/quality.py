@@ -85,8 +85,11 @@ def protocol(name: str, ds, extra: dict, folds: int, save: str | None = None) ->
 
     def report(r):
         last["outs"] = r.fold_outputs
-        print(f"  {name} x{folds} folds, epoch {r.metrics['epoch']}: objective {r.metrics['objective']:.3f} "
-              f"+- {r.metrics.get('objective_std', 0):.3f} ({r.metrics['epoch_time']:.0f} s)", flush=True)
+        m = r.metrics
+        print(f"  {name} x{folds} folds, epoch {m['epoch']}: objective {m['objective']:.3f} +- "
+              f"{m.get('objective_std', 0):.3f}; {cfg.novelty_score} at {cfg.threshold}: novel super "
+              f"{m['novel_super_acc']:.3f} +- {m.get('novel_super_acc_std', 0):.3f}, novel sub {m['novel_sub_acc']:.3f}, "
+              f"seen sub {m['seen_sub_acc']:.3f} ({m['epoch_time']:.0f} s)", flush=True)
     fit(cfg, ds, report, scores=SCORES)
     if save:
         torch.save([o.to_dict() for o in last["outs"]], save)

@@ -42,9 +42,7 @@ def make_split(ds: Dataset, val_fraction: float = 0.1, seed: int = 0,
                          f"({len(present_supers)} present)")
     held_sup = sorted(int(s) for s in rng.choice(present_supers, holdout_superclasses, replace=False))
     if fold:
-        n = len(present_supers)
-        held_sup = sorted(present_supers[(present_supers.index(s) + fold) % n] for s in held_sup)
-        rng = np.random.default_rng([seed, fold])
+        held_sup, rng = _rotate(held_sup, present_supers, fold), np.random.default_rng([seed, fold])
     held_sub = []
     for s in present_supers:
         if s in held_sup:
@@ -72,3 +70,8 @@ def make_split(ds: Dataset, val_fraction: float = 0.1, seed: int = 0,
     space = LabelSpace(supers, subs, parent, tax.superclass.novel, tax.subclass.novel)
     flat = lambda parts: torch.tensor(sorted(i for p in parts for i in p), dtype=torch.int64)  # noqa: E731
     return Split(flat(train), flat(val), space, tuple(held_sup), tuple(held_sub))
+
+
+def _rotate(held: list[int], present: list[int], fold: int) -> list[int]:
+    """Each held-out superclass moved `fold` places on among the present ones (wrapping)."""
+    return sorted(present[(present.index(s) + fold) % len(present)] for s in held)
