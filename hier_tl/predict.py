@@ -144,7 +144,7 @@ def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print) -> di
         raise SelectionError(f"trial {trial['trial_id']}: its checkpoint records no resolved thresholds to refit with")
     rule = Threshold.parse(cfg.threshold)
     recalibrate = rule.kind == "tpr"
-    refit_cfg = cfg.replace(epochs=int(trial["epochs_run"]), holdout_subclasses=0, holdout_superclasses=0,
+    refit_cfg = cfg.replace(epochs=int(trial["epochs_run"]), holdout_subclasses=0, holdout_superclasses=0, folds=1,
                             val_fraction=CALIBRATION if recalibrate else 0.0,
                             threshold=str(rule) if recalibrate else thresholds[0])
     source = data_dir or res.meta.get("data", "synthetic")
