@@ -87,10 +87,12 @@ class Outputs:
         return cls(**{k: d.get(k) for k in names}, space=space)
 
     def score(self, name: str, level: str) -> torch.Tensor:
-        """Score `name` at `level` for these images (computed once, then cached)."""
-        if (name, level) not in self._cache:
-            self._cache[name, level] = novelty.compute(name, self, level)
-        return self._cache[name, level]
+        """Score `name` at `level` for these images (computed once, then cached; once for both levels
+        where the score does not depend on the level)."""
+        key = (name, "both" if novelty.same_at_both_levels(name) else level)
+        if key not in self._cache:
+            self._cache[key] = novelty.compute(name, self, level)
+        return self._cache[key]
 
     def with_bank(self, keep: torch.Tensor) -> "Outputs":
         """The same images against the bank rows in `keep` only."""

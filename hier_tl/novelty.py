@@ -36,6 +36,11 @@ def needs_features(name: str) -> bool:
     return bool(SCORES.meta(name).get("features"))
 
 
+def same_at_both_levels(name: str) -> bool:
+    """Does this score give one value per image whatever the level (feature-distance scores)?"""
+    return bool(SCORES.meta(name).get("same_levels"))
+
+
 def compute(name: str, out, level: str) -> torch.Tensor:
     """Score values at one level for the images of `out` (a `metrics.Outputs`): a logit score sees that
     level's logits, a feature score the whole `out` (features, bank, bank labels and logits)."""
@@ -78,7 +83,7 @@ def knn_similarity(feats: torch.Tensor, bank: torch.Tensor, k: int = KNN_K) -> t
     return torch.cat(out) if out else torch.empty(0)
 
 
-@register_score("knn", features=True)
+@register_score("knn", features=True, same_levels=True)
 def knn(out, level: str) -> torch.Tensor:
     """Cosine similarity to the k-th nearest training feature (k=10) of the shared projection:
     a feature-space score (Sun et al., 2022), the same at both levels."""

@@ -24,6 +24,7 @@ from .storage import local_path
 from .taxonomy import LabelSpace
 from .train import infer
 
+
 def _bank(saved) -> dict | None:
     """The checkpoint's training bank; checkpoints before backbone-feature scores kept the projection only."""
     return {"bank": saved} if isinstance(saved, torch.Tensor) else saved

@@ -92,7 +92,8 @@ def load_plugins() -> None:
 
 # Every registry of the package; the module named second registers the entries.
 BACKBONES = Registry("backbone", "hier_tl.models")  # meta: imagenet (bool)
-SCORES = Registry("novelty score", "hier_tl.novelty", "hier_tl.scores")  # meta: features (needs features + a training bank)
+# meta: features (needs features + a training bank), same_levels (one value per image at both levels)
+SCORES = Registry("novelty score", "hier_tl.novelty", "hier_tl.scores")
 OPTIMIZERS = Registry("optimizer", "hier_tl.train")
 SCHEDULES = Registry("schedule", "hier_tl.train")
 EPOCH_METRICS = Registry("epoch metric", "hier_tl.metrics")  # meta: label (table column), fmt, mode

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
 from .novelty import energy, knn_similarity, register_score
 
 SHRINK = 0.1  # covariance shrinkage towards its mean eigenvalue
@@ -29,15 +30,13 @@ FUSED = ("knn_backbone", "mahalanobis", "vim")
 
 
 def _need(out, *fields: str) -> None:
-    from .errors import ConfigError
-
     missing = [f for f in fields if getattr(out, f, None) is None]
     if missing:
         raise ConfigError(f"these outputs lack {', '.join(missing)}: re-run the training with this score "
                           "requested (older checkpoints saved the projection bank only)")
 
 
-@register_score("knn_backbone", features=True)
+@register_score("knn_backbone", features=True, same_levels=True)
 def knn_backbone(out, level: str) -> torch.Tensor:
     """Cosine similarity to the 10th nearest training image in backbone-feature space (both levels)."""
     _need(out, "backbone_feats", "bank_backbone")
@@ -56,7 +55,7 @@ def _class_stats(bank: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     return means, torch.linalg.inv(cov)
 
 
-@register_score("mahalanobis", features=True)
+@register_score("mahalanobis", features=True, same_levels=True)
 def mahalanobis(out, level: str) -> torch.Tensor:
     """Minus the squared Mahalanobis distance to the nearest seen-subclass mean (both levels)."""
     _need(out, "backbone_feats", "bank_backbone", "bank_sub_target")
@@ -70,9 +69,8 @@ def mahalanobis(out, level: str) -> torch.Tensor:
 @register_score("vim", features=True)
 def vim(out, level: str) -> torch.Tensor:
     """ViM on the projection features (the heads are linear in them) with that level's logits."""
-    bank_logits = out.bank_logits(level)
     _need(out, "bank_super_logits", "bank_sub_logits")
-    b = out.bank.double()
+    bank_logits, b = out.bank_logits(level), out.bank.double()
     mu = b.mean(0)
     _, vecs = torch.linalg.eigh((b - mu).T @ (b - mu))
     resid = vecs[:, : b.shape[1] - b.shape[1] // 2]  # eigenvalues ascend: the smaller half spans the residual
@@ -84,12 +82,13 @@ def vim(out, level: str) -> torch.Tensor:
 
 
 def _zscored(name: str, out, level: str) -> torch.Tensor:
-    """Score `name` of `out`'s images against half the bank, standardised on the other half."""
-    from .novelty import compute
-
-    half = torch.arange(len(out.bank)) % 2 == 0
-    ref, held = out.with_bank(half), out.bank_as_queries(~half, half)
-    s, h = compute(name, ref, level), compute(name, held, level)
+    """Score `name` of `out`'s images against half the bank, standardised on the other half (the two
+    halves are made once per outputs, so each part is computed once for both levels)."""
+    if "halves" not in out._cache:
+        half = torch.arange(len(out.bank)) % 2 == 0
+        out._cache["halves"] = out.with_bank(half), out.bank_as_queries(~half, half)
+    ref, held = out._cache["halves"]
+    s, h = ref.score(name, level), held.score(name, level)
     return (s - h.mean()) / h.std().clamp(min=1e-12)
 
 

@@ -2,6 +2,8 @@
 each re-scores saved outputs, ranks the unfamiliar below the familiar, and predicts from a checkpoint as
 it validated."""
 
+import io
+
 import pytest
 import torch
 
@@ -64,6 +66,7 @@ def test_fusion_is_standardised_on_the_bank_and_hier_takes_the_lower_level():
     assert fused.abs().max() < 5  # z-scores, not raw distances
     sup, sub = out.score("hier", "super"), out.score("hier", "sub")
     assert torch.equal(sub, fused) and (sup <= sub + 1e-6).all()
+    assert out.score("mahalanobis", "super") is out.score("mahalanobis", "sub")  # distance scores: computed once
 
 
 def test_a_feature_score_on_outputs_without_a_bank_says_what_is_missing():
@@ -80,7 +83,7 @@ def test_scores_are_recomputed_from_saved_outputs_and_predict_reproduces_validat
     saved = {}
     res = fit(cfg, synth_ds, lambda r: saved.update(p=r.save(tmp_path), out=r.outputs.to_dict()), scores=NEW)
     m = res.history[-1]
-    again = Outputs.from_dict(torch.load(__import__("io").BytesIO(_roundtrip(saved["out"])), weights_only=True))
+    again = Outputs.from_dict(_roundtrip(saved["out"]))  # as val_outputs.pt holds them
     seen = again.sub_target != -1
     for name in NEW:  # the reported AUROC is what the saved outputs give, with no model
         assert m[f"auroc_sub_{name}"] == pytest.approx(metrics.auroc(again.score(name, "sub"), seen))
@@ -95,9 +98,8 @@ def test_scores_are_recomputed_from_saved_outputs_and_predict_reproduces_validat
     assert torch.equal(sup, want[0]) and torch.equal(sub, want[1])
 
 
-def _roundtrip(d: dict) -> bytes:
-    import io
-
+def _roundtrip(d: dict) -> dict:
     buf = io.BytesIO()
     torch.save(d, buf)
-    return buf.getvalue()
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
