@@ -86,8 +86,10 @@ class TrainConfig:
     folds: int = 1  # rotating validation: one model per fold, trained in lockstep; fold f moves the held-out
     # superclass(es) f places on and redraws the held-out subclasses; metrics are fold means (+ `<metric>_std`)
     # --- novelty ---
-    novelty_score: str = "msp"  # registry name: msp | maxlogit | energy | knn
+    novelty_score: str = "msp"  # registry name: msp | maxlogit | energy | knn | ... | pretrained_hier
     threshold: float | str = 0.6  # a number, 'tpr:0.95' (keep 95% of seen val images) or 'best'
+    reference_backbone: str = "efficientnet_lite0"  # frozen ImageNet backbone of the `pretrained_*` scores
+    reference_size: int = 224  # side at which the reference backbone sees the images
     # --- runtime ---
     seed: int = 0  # seeds torch, numpy and python
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -97,12 +99,15 @@ class TrainConfig:
 
     def validate(self) -> None:
         for key, registry in (("backbone", BACKBONES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                              ("novelty_score", SCORES)):
+                              ("novelty_score", SCORES), ("reference_backbone", BACKBONES)):
             registry.get(getattr(self, key), where=key)
         for key, allowed in (("depth", DEPTHS), ("precision", PRECISIONS)):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        for key in ("epochs", "batch_size", "eval_batch_size", "proj_dim", "folds"):
+        if not BACKBONES.meta(self.reference_backbone).get("imagenet"):
+            raise ConfigError(f"reference_backbone: {self.reference_backbone!r} has no ImageNet weights; the "
+                              "reference must be a pretrained backbone (efficientnet_lite0/1/2, resnet18, ...)")
+        for key in ("epochs", "batch_size", "eval_batch_size", "proj_dim", "folds", "reference_size"):
             if getattr(self, key) < (2 if key == "batch_size" else 1):
                 raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
         if not self.lr > 0 or not 0 <= self.val_fraction < 1 or not 0 <= self.dropout < 1:

@@ -58,9 +58,11 @@ class Outputs:
     bank_super_logits: torch.Tensor | None = None
     bank_sub_logits: torch.Tensor | None = None
     bank_sub_target: torch.Tensor | None = None  # head positions of the bank images' subclasses
+    ref_feats: torch.Tensor | None = None  # frozen ImageNet reference features (`reference`, pretrained scores)
+    bank_ref: torch.Tensor | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
-    BANK_FIELDS = ("bank", "bank_backbone", "bank_super_logits", "bank_sub_logits", "bank_sub_target")
+    BANK_FIELDS = ("bank", "bank_backbone", "bank_super_logits", "bank_sub_logits", "bank_sub_target", "bank_ref")
 
     def logits(self, level: str) -> torch.Tensor:
         return self.super_logits if level == "super" else self.sub_logits
@@ -102,7 +104,7 @@ class Outputs:
     def bank_as_queries(self, rows: torch.Tensor, keep: torch.Tensor) -> "Outputs":
         """Bank rows `rows` as the images, scored against the bank rows in `keep`."""
         q = {"super_logits": self.bank_super_logits, "sub_logits": self.bank_sub_logits, "feats": self.bank,
-             "backbone_feats": self.bank_backbone}
+             "backbone_feats": self.bank_backbone, "ref_feats": self.bank_ref}
         return replace(self.with_bank(keep), super_target=None, sub_target=None,
                        **{k: (v[rows] if v is not None else None) for k, v in q.items()})
 

@@ -36,6 +36,11 @@ def needs_features(name: str) -> bool:
     return bool(SCORES.meta(name).get("features"))
 
 
+def needs_reference(name: str) -> bool:
+    """Does this score need the frozen ImageNet reference features (`reference.py`)?"""
+    return bool(SCORES.meta(name).get("reference"))
+
+
 def same_at_both_levels(name: str) -> bool:
     """Does this score give one value per image whatever the level (feature-distance scores)?"""
     return bool(SCORES.meta(name).get("same_levels"))

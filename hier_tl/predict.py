@@ -8,21 +8,23 @@ import math
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from . import checkpoint
+from .config import TrainConfig
 from .errors import HierTLError, SelectionError
 from .fileio import write_text
 from .images import load_images
 from .metrics import Outputs
+from .novelty import needs_reference
 from .results import Results, load_results, select, trial_checkpoint
 from .storage import local_path
 from .taxonomy import LabelSpace
-from .train import infer
+from .train import infer, reference_features
 
 
 def _bank(saved) -> dict | None:
@@ -46,6 +48,7 @@ class Predictor:
     precision: str = "auto"
     bank: dict | None = None  # the training bank (Outputs.bank_state()), for feature-space scores
     tta: bool = False  # mirror-image averaging, as the model was validated
+    reference: TrainConfig | None = None  # the trial's config, when its score needs reference features
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict | Path | str, threshold: float | None = None, device: str = "cpu",
@@ -62,7 +65,8 @@ class Predictor:
             raise HierTLError(f"{name}: records no resolved thresholds; pass --threshold VALUE")
         side = int(ckpt.get("data_side", 64))
         return cls(model, space, norm, cfg.image_size or side, side, cfg.novelty_score, float(thr_sup), float(thr_sub),
-                   cfg.precision, _bank(ckpt.get("bank")), cfg.tta)
+                   cfg.precision, _bank(ckpt.get("bank")), cfg.tta,
+                   cfg if needs_reference(cfg.novelty_score) else None)
 
     def predict(self, images: torch.Tensor, batch: int = 512, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images -> mapping-file indices (novel indices where novel), both levels."""
@@ -78,6 +82,9 @@ class Predictor:
             parts.append(infer(self.model, images, self.norm, self.size, batch, self.precision, self.tta))
         a, b, f, h = (torch.cat(p) for p in zip(*parts))
         out = Outputs(a, b, space=self.space, feats=f, backbone_feats=h, **(self.bank or {}))
+        if self.reference is not None:
+            device = next(self.model.parameters()).device
+            out = replace(out, ref_feats=reference_features(self.reference, images.to(device)))
         sups, subs = rule(out, self.space, self.score, self.thr_super, self.thr_sub)  # scored once, all images
         return self.space.decode(sups, subs)
 

@@ -12,6 +12,9 @@ retrains. Higher = more familiar, as for every score. Costs (bank of N images, d
   bank's principal subspace (half the dimensions); alpha matches the two terms' scales on the bank.
 - `fusion`: mean of the z-scored `knn_backbone`, `mahalanobis` and `vim`, each standardised on half of
   the bank scored against the other half (so no image is its own neighbour).
+- `pretrained_mahalanobis`, `pretrained_knn`: the same measures on the features of a frozen ImageNet
+  backbone that never saw the fine-tuning (`reference.py`; `reference_backbone` at `reference_size` px).
+- `pretrained_hier`: superclass level `pretrained_mahalanobis`, subclass level `fusion`.
 - `hier`: the hierarchy-aware rule. Subclass level = `fusion`; superclass level = the lower of the
   z-scored superclass energy and the subclass-level `fusion`: an image far from every seen subclass is
   unfamiliar at the superclass level too, whatever the superclass head says.
@@ -55,15 +58,34 @@ def _class_stats(bank: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     return means, torch.linalg.inv(cov)
 
 
+def _mahalanobis(feats: torch.Tensor, bank: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Minus the squared Mahalanobis distance of each (normalised) row of `feats` to the nearest class mean."""
+    means, prec = _class_stats(bank, labels)
+    q = F.normalize(feats.double(), dim=1)
+    qp = q @ prec
+    d = (qp * q).sum(1, keepdim=True) - 2 * qp @ means.T + ((means @ prec) * means).sum(1)[None, :]
+    return (-d.min(1).values).float()
+
+
 @register_score("mahalanobis", features=True, same_levels=True)
 def mahalanobis(out, level: str) -> torch.Tensor:
     """Minus the squared Mahalanobis distance to the nearest seen-subclass mean (both levels)."""
     _need(out, "backbone_feats", "bank_backbone", "bank_sub_target")
-    means, prec = _class_stats(out.bank_backbone, out.bank_sub_target)
-    q = F.normalize(out.backbone_feats.double(), dim=1)
-    qp = q @ prec
-    d = (qp * q).sum(1, keepdim=True) - 2 * qp @ means.T + ((means @ prec) * means).sum(1)[None, :]
-    return (-d.min(1).values).float()
+    return _mahalanobis(out.backbone_feats, out.bank_backbone, out.bank_sub_target)
+
+
+@register_score("pretrained_mahalanobis", features=True, reference=True, same_levels=True)
+def pretrained_mahalanobis(out, level: str) -> torch.Tensor:
+    """`mahalanobis` on the frozen ImageNet reference features (`reference.py`), seen-subclass means."""
+    _need(out, "ref_feats", "bank_ref", "bank_sub_target")
+    return _mahalanobis(out.ref_feats, out.bank_ref, out.bank_sub_target)
+
+
+@register_score("pretrained_knn", features=True, reference=True, same_levels=True)
+def pretrained_knn(out, level: str) -> torch.Tensor:
+    """Cosine similarity to the 10th nearest training image in reference-feature space."""
+    _need(out, "ref_feats", "bank_ref")
+    return knn_similarity(out.ref_feats, out.bank_ref)
 
 
 @register_score("vim", features=True)
@@ -105,3 +127,10 @@ def hier(out, level: str) -> torch.Tensor:
     if level == "sub":
         return sub
     return torch.minimum(_zscored("energy", out, "super"), sub)
+
+
+@register_score("pretrained_hier", features=True, reference=True)
+def pretrained_hier(out, level: str) -> torch.Tensor:
+    """Superclass level: `pretrained_mahalanobis` (what a new kind of animal looks like to ImageNet
+    features); subclass level: `fusion` of the fine-tuned features (what tells breeds apart)."""
+    return out.score("pretrained_mahalanobis" if level == "super" else "fusion", level)

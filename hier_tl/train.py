@@ -18,13 +18,13 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from . import augment, checkpoint, metrics, novelty
+from . import augment, checkpoint, metrics, novelty, reference
 from .config import TrainConfig
 from .data import Dataset
 from .errors import ConfigError, DivergedError
 from .metrics import EpochState, Outputs
 from .models import HierNet, build_model
-from .registry import OPTIMIZERS, SCHEDULES
+from .registry import BACKBONES, OPTIMIZERS, SCHEDULES
 from .split import make_split
 from .taxonomy import LabelSpace
 
@@ -223,6 +223,7 @@ class _Run:
     val: torch.Tensor
     size: int
     bank: bool  # whether validation also computes the training-feature bank
+    ref: torch.Tensor | None = None  # every image's reference features (CPU), for `pretrained_*` scores
 
     def validate(self) -> Outputs:
         c = self.cfg
@@ -236,6 +237,8 @@ class _Run:
             b_sup, b_sub, b_feats, b_back = run(rows)
             out = replace(out, feats=feats, backbone_feats=back, bank=b_feats, bank_backbone=b_back,
                           bank_super_logits=b_sup, bank_sub_logits=b_sub, bank_sub_target=self.y_sub[rows].cpu())
+            if self.ref is not None:
+                out = replace(out, ref_feats=self.ref[self.val.cpu()], bank_ref=self.ref[rows.cpu()])
         return out
 
     def state(self, epoch: int, history: list[dict], bank: dict | None) -> dict:
@@ -275,6 +278,10 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
     scores = tuple(dict.fromkeys((*novelty.logit_scores(), *scores)))
     X = data.images.to(resolve_device(cfg.device))  # one copy on the device, whatever the folds
     runs = [_prepare(cfg, data, scores, fold, X) for fold in range(cfg.folds)]
+    if any(novelty.needs_reference(s) for s in {cfg.novelty_score, *scores}):
+        ref = reference_features(cfg, X)  # the same for every fold and epoch: computed (or read) once
+        for run in runs:
+            run.ref = ref
     bf16 = use_bf16(runs[0].X.device, cfg.precision, runs[0].model.gpu_bf16)
     start, history = 0, []
     if resume is not None:
@@ -294,6 +301,12 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
     if outs is None:  # resumed after the last epoch: evaluate once so callers get outputs
         outs = [runs[0].validate()]
     return FitResult(runs[0].model, runs[0].space, outs[0], history, runs[0].norm)
+
+
+def reference_features(cfg: TrainConfig, X: torch.Tensor) -> torch.Tensor:
+    """The `pretrained_*` scores' frozen ImageNet features of images X (`reference.py`), as `cfg` asks."""
+    bf16 = use_bf16(X.device, cfg.precision, BACKBONES.meta(cfg.reference_backbone).get("gpu_bf16", True))
+    return reference.features(X, cfg.reference_backbone, cfg.reference_size, bf16, cfg.eval_batch_size)
 
 
 def _epoch(run: _Run, epoch: int, scores: tuple[str, ...], bf16: bool) -> tuple[dict, Outputs]:

@@ -103,3 +103,48 @@ def _roundtrip(d: dict) -> dict:
     torch.save(d, buf)
     buf.seek(0)
     return torch.load(buf, weights_only=True)
+
+
+PRETRAINED = ("pretrained_knn", "pretrained_mahalanobis", "pretrained_hier")
+
+
+def test_pretrained_scores_measure_the_reference_features_and_pretrained_hier_splits_the_levels():
+    near, far = torch.eye(16)[:1] * 4 + 0.05, torch.full((1, 16), 1.0)
+    out = _bank_outputs(torch.cat([near, near]))  # the fine-tuned features cannot tell them apart
+    out = Outputs(out.super_logits, out.sub_logits, **{k: getattr(out, k) for k in (
+        "feats", "backbone_feats", *Outputs.BANK_FIELDS)}, ref_feats=torch.cat([near, far]))
+    out.bank_ref = out.bank_backbone.flip(1)  # a different space: queries must be scored in it
+    out.ref_feats = out.ref_feats.flip(1)
+    for name in ("pretrained_knn", "pretrained_mahalanobis"):
+        s = out.score(name, "super")
+        assert s[0] > s[1], (name, s)
+    assert torch.equal(out.score("pretrained_hier", "super"), out.score("pretrained_mahalanobis", "super"))
+    assert torch.equal(out.score("pretrained_hier", "sub"), out.score("fusion", "sub"))
+    with pytest.raises(ValueError, match="ref_feats"):
+        _bank_outputs(near).score("pretrained_knn", "super")
+
+
+def test_pretrained_scores_train_and_predict_from_the_checkpoint_as_validated(synth_ds, tmp_path):
+    """The reference features are computed at training time for validation and the bank, kept in the
+    checkpoint's bank, and computed again for new images at prediction: decisions match validation."""
+    cfg = TrainConfig(backbone="cnn_tiny", epochs=1, batch_size=32, val_fraction=0.25, holdout_superclasses=1,
+                      novelty_score="pretrained_hier", threshold="tpr:0.95", reference_size=32, precision="fp32")
+    saved = {}
+    res = fit(cfg, synth_ds, lambda r: saved.update(p=r.save(tmp_path), out=r.outputs.to_dict()), scores=PRETRAINED)
+    m = res.history[-1]
+    again = Outputs.from_dict(_roundtrip(saved["out"]))
+    assert again.ref_feats.shape == (len(again.super_logits), 1280)  # efficientnet_lite0's features
+    for name in PRETRAINED:
+        seen = again.super_target != -1
+        assert m[f"auroc_super_{name}"] == pytest.approx(metrics.auroc(again.score(name, "super"), seen))
+    from hier_tl import checkpoint
+    from hier_tl.predict import Predictor
+    from hier_tl.split import make_split
+
+    assert checkpoint.load(saved["p"])["bank"]["bank_ref"].shape[1] == 1280
+    p = Predictor.from_checkpoint(saved["p"])
+    val = make_split(synth_ds, cfg.val_fraction, cfg.split_seed, holdout_superclasses=1).val
+    sup, sub = p.predict(synth_ds.images[val], progress=False)
+    want = res.space.decode(*novelty.predict(res.outputs, res.space, cfg.novelty_score, m["threshold_super"],
+                                             m["threshold_sub"]))
+    assert torch.equal(sup, want[0]) and torch.equal(sub, want[1])

@@ -223,17 +223,20 @@ def test_a_metric_registered_in_one_place_reaches_epochs_replays_trials_and_repo
 
 def test_a_sweep_with_rotating_folds_ranks_by_the_fold_mean_and_records_the_spread(tmp_path, capsys):
     base = {"backbone": "cnn_tiny", "epochs": 2, "batch_size": 16, "val_fraction": 0.25, "holdout_subclasses": 1,
-            "holdout_superclasses": 1, "threshold": "tpr:0.95", "folds": 3, "novelty_score": "fusion"}
+            "holdout_superclasses": 1, "threshold": "tpr:0.95", "folds": 3, "novelty_score": "pretrained_hier",
+            "reference_size": 32}
     p = tiny_sweep(tmp_path, base=base, num_samples=2, scheduler={"kind": "none"},
-                   novelty={"scores": ["msp", "fusion"], "thresholds": ["tpr:0.95"]})
+                   novelty={"scores": ["msp", "fusion", "pretrained_hier"], "thresholds": ["tpr:0.95"]})
     assert main(["sweep", str(p)]) == 0
     res = load_results(tmp_path / "results" / "t")
     assert {"objective_std", "novel_super_acc_std", "seen_sub_acc_std"} <= set(res.epochs.columns)
     assert res.trials.final_objective_std.notna().all() and (res.trials.folds == 3).all()
-    assert set(res.thresholds.score) == {"msp", "fusion"} and res.thresholds.novel_super_acc.notna().all()
+    assert set(res.thresholds.score) == {"msp", "fusion", "pretrained_hier"}
+    assert res.thresholds.novel_super_acc.notna().all()
     best = res.trials.loc[res.trials.final_objective.idxmax()]
     assert f"±{best.final_objective_std:.3f}" in capsys.readouterr().out  # the table shows the fold spread
-    # predict from the best trial (fold 0's model, its fusion bank in the checkpoint), then refit it once
+    # predict from the best trial (fold 0's model, its bank with the reference features in the checkpoint),
+    # then refit it once
     from hier_tl import checkpoint
     from hier_tl.sweep import load_sweep
     from hier_tl.synthetic import load_source
@@ -247,3 +250,4 @@ def test_a_sweep_with_rotating_folds_ranks_by_the_fold_mean_and_records_the_spre
         assert len(pd.read_csv(out)) == len(list(images.iterdir()))
     refit = checkpoint.load(next((tmp_path / "results" / "t" / "refit").glob("*/checkpoint.pt")))
     assert refit["config"]["folds"] == 1 and "folds" not in refit and refit["bank"]["bank_backbone"] is not None
+    assert refit["bank"]["bank_ref"].shape[0] == refit["bank"]["bank_backbone"].shape[0]

@@ -1,0 +1,65 @@
+"""Reference features: what a frozen ImageNet backbone, never fine-tuned, sees in each image.
+
+Fine-tuning on the seen classes reshapes a backbone around them, and it forgets what told other animals
+apart; the pretrained backbone has not. The `pretrained_*` novelty scores measure distances in these
+features (the README's "How far validation can be trusted" measures what it buys). They depend only on the
+images, the reference backbone and the input side, so they are computed once per dataset and cached on
+disk (beside the decoded images): every trial and fold of a sweep on one machine shares them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+
+import numpy as np
+import torch
+
+from . import augment
+from .errors import HierTLError
+from .fileio import atomic_path
+from .images import cache_dir
+from .models import build_backbone
+
+CACHE_VERSION = 1
+
+
+def features(images: torch.Tensor, backbone: str, size: int, bf16: bool = False, batch: int = 256,
+             use_cache: bool = True, log=None) -> torch.Tensor:
+    """float32 CPU features (N x d) of uint8 images (N x 3 x H x W, on the device that computes them) from
+    the ImageNet weights of `backbone` at `size` px; from the on-disk cache when these images were seen."""
+    path = cache_dir() / "reference" / f"{_key(images, backbone, size, bf16)}.npy"
+    if use_cache and path.is_file():
+        try:
+            return torch.from_numpy(np.load(path))
+        except (OSError, ValueError):
+            pass  # unreadable cache entry: compute again
+    feats = _compute(images, backbone, size, bf16, batch, log)
+    if use_cache:
+        try:
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.save(f, feats.numpy())
+        except (OSError, HierTLError) as e:
+            print(f"warning: could not cache reference features at {path} ({e})", file=sys.stderr)
+    return feats
+
+
+def _key(images: torch.Tensor, backbone: str, size: int, bf16: bool) -> str:
+    h = hashlib.blake2b(f"v{CACHE_VERSION}|{backbone}|{size}|{bf16}|{images.device.type}|{tuple(images.shape)}"
+                        .encode(), digest_size=16)
+    h.update(images.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def _compute(images: torch.Tensor, backbone: str, size: int, bf16: bool, batch: int, log) -> torch.Tensor:
+    bb = build_backbone(backbone, "imagenet")
+    model = bb.module.eval().to(device=images.device, memory_format=torch.channels_last)
+    parts = []
+    for start in range(0, len(images), batch):
+        x = augment.to_input(images[start:start + batch], size, bb.norm).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            parts.append(model(x).float())
+        if log is not None:
+            log(f"reference features ({backbone}, {size} px): {min(start + batch, len(images))}/{len(images)}")
+    return torch.cat(parts).cpu() if parts else torch.empty(0, bb.dim)

@@ -1,0 +1,48 @@
+"""Reference features: a frozen ImageNet backbone's view of the images, computed once and cached."""
+
+import pytest
+import torch
+
+from hier_tl import reference
+from hier_tl.config import TrainConfig
+from hier_tl.models import build_backbone
+
+
+def test_features_are_the_frozen_imagenet_backbone_and_are_cached_per_images(synth_ds, monkeypatch, tmp_path):
+    monkeypatch.setenv("HIER_TL_CACHE", str(tmp_path))
+    x = synth_ds.images[:6]
+    f = reference.features(x, "efficientnet_lite0", 32)
+    bb = build_backbone("efficientnet_lite0", "imagenet")  # ImageNet weights, never fine-tuned
+    from hier_tl import augment
+
+    with torch.no_grad():
+        want = bb.module.eval()(augment.to_input(x, 32, bb.norm))
+    assert f.shape == (6, 1280) and torch.allclose(f, want, atol=1e-4)
+    assert len(list((tmp_path / "reference").glob("*.npy"))) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("computed again")
+    monkeypatch.setattr(reference, "_compute", boom)
+    assert torch.equal(reference.features(x, "efficientnet_lite0", 32), f)  # the same images: from the cache
+    with pytest.raises(AssertionError, match="computed again"):  # other images, or another size: computed
+        reference.features(synth_ds.images[:5], "efficientnet_lite0", 32)
+    with pytest.raises(AssertionError, match="computed again"):
+        reference.features(x, "efficientnet_lite0", 48)
+
+
+def test_an_unreadable_cache_entry_is_computed_again(synth_ds, monkeypatch, tmp_path):
+    monkeypatch.setenv("HIER_TL_CACHE", str(tmp_path))
+    x = synth_ds.images[:3]
+    f = reference.features(x, "efficientnet_lite0", 32)
+    (entry,) = (tmp_path / "reference").glob("*.npy")
+    entry.write_bytes(b"truncated")
+    assert torch.allclose(reference.features(x, "efficientnet_lite0", 32), f)
+
+
+def test_the_reference_must_have_imagenet_weights():
+    with pytest.raises(ValueError, match="reference_backbone: 'cnn_tiny' has no ImageNet weights"):
+        TrainConfig(reference_backbone="cnn_tiny").validate()
+    with pytest.raises(ValueError, match="unknown backbone"):
+        TrainConfig(reference_backbone="nope").validate()
+    with pytest.raises(ValueError, match="reference_size: must be positive"):
+        TrainConfig(reference_size=0).validate()
