@@ -9,8 +9,10 @@ disk (beside the decoded images): every trial and fold of a sweep on one machine
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,20 +30,39 @@ def features(images: torch.Tensor, backbone: str, size: int, bf16: bool = False,
              use_cache: bool = True, log=None) -> torch.Tensor:
     """float32 CPU features (N x d) of uint8 images (N x 3 x H x W, on the device that computes them) from
     the ImageNet weights of `backbone` at `size` px; from the on-disk cache when these images were seen."""
+    if not use_cache:
+        return _compute(images, backbone, size, bf16, batch, log)
     path = cache_dir() / "reference" / f"{_key(images, backbone, size, bf16)}.npy"
-    if use_cache and path.is_file():
-        try:
-            return torch.from_numpy(np.load(path))
-        except (OSError, ValueError):
-            pass  # unreadable cache entry: compute again
-    feats = _compute(images, backbone, size, bf16, batch, log)
-    if use_cache:
+    with _locked(path):  # trials starting together on one machine: the first computes, the others read
+        if path.is_file():
+            try:
+                return torch.from_numpy(np.load(path))
+            except (OSError, ValueError):
+                pass  # unreadable cache entry: compute again
+        feats = _compute(images, backbone, size, bf16, batch, log)
         try:
             with atomic_path(path) as tmp, open(tmp, "wb") as f:
                 np.save(f, feats.numpy())
         except (OSError, HierTLError) as e:
             print(f"warning: could not cache reference features at {path} ({e})", file=sys.stderr)
-    return feats
+        return feats
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path`'s lock file (held by this process until the block ends); where no lock
+    can be taken (read-only cache, no fcntl), the block runs unlocked: the writes are atomic anyway."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path.with_suffix(".lock"), "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def _key(images: torch.Tensor, backbone: str, size: int, bf16: bool) -> str:

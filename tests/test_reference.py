@@ -1,5 +1,9 @@
 """Reference features: a frozen ImageNet backbone's view of the images, computed once and cached."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -46,3 +50,16 @@ def test_the_reference_must_have_imagenet_weights():
         TrainConfig(reference_backbone="nope").validate()
     with pytest.raises(ValueError, match="reference_size: must be positive"):
         TrainConfig(reference_size=0).validate()
+
+
+def test_processes_starting_together_compute_the_features_once(synth_ds, tmp_path):
+    """Trials of a sweep start at once on one machine: one computes, the others wait and read the cache."""
+    torch.save(synth_ds.images[:4].clone(), tmp_path / "x.pt")
+    code = ("import sys, torch; from hier_tl import reference; x = torch.load(sys.argv[1]); calls = []; "
+            "real = reference._compute; reference._compute = lambda *a: calls.append(1) or real(*a); "
+            "reference.features(x, 'efficientnet_lite0', 32); print(len(calls))")
+    env = {**os.environ, "HIER_TL_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "x.pt")], stdout=subprocess.PIPE,
+                              env=env, text=True) for _ in range(3)]
+    outs = [p.communicate()[0].strip() for p in procs]
+    assert sorted(outs) == ["0", "0", "1"]
