@@ -2,6 +2,7 @@
 
     python bench/quality.py --data ../shared/data/nndl64 --runs cnn15 openset_sub openset_super lite0_openset_sub
     python bench/quality.py --runs lite0_64 --folds 3     # rotating protocol, every score x rule per fold
+    python bench/quality.py --reference-only 0 1 2 3 4    # pretrained_* superclass level, no training
 
 Each run trains once, then re-scores its final validation logits with every novelty score and threshold
 rule (no retraining), printing seen / novel accuracy at both levels and the AUROC of each score.
@@ -21,7 +22,7 @@ from hier_tl.data import load_dataset
 from hier_tl.metrics import evaluate
 from hier_tl.split import make_split
 from hier_tl.novelty import logit_scores, needs_reference
-from hier_tl.train import fit, infer
+from hier_tl.train import BANK_SIZE, fit, infer
 
 SCORES = (*logit_scores(), "knn", "knn_backbone", "mahalanobis", "vim", "fusion", "hier", "pretrained_knn",
           "pretrained_mahalanobis", "pretrained_hier")
@@ -117,6 +118,38 @@ def rescore(name: str, outs) -> list[dict]:
     return rows
 
 
+def reference_only(ds, extra: dict, folds: int, seeds: list[int]) -> list[dict]:
+    """The superclass level of the pretrained scores alone, which needs no training: per split seed x fold
+    (one superclass and 3 subclasses per superclass held out, rotated), the held-out superclass's AUROC
+    and the fraction of it caught at thresholds keeping 95% / 98% of the seen-superclass images."""
+    from hier_tl.metrics import Outputs, auroc
+    from hier_tl.registry import SCORES as REGISTRY
+    from hier_tl.train import reference_features
+
+    cfg = TrainConfig(**{"holdout_superclasses": 1, "holdout_subclasses": 3, **extra})
+    t0 = time.time()
+    ref = reference_features(cfg, ds.images)
+    print(f"reference features ({cfg.reference_backbone}, {cfg.reference_size} px): {time.time() - t0:.0f} s "
+          "(0 when cached)", flush=True)
+    rows = []
+    for seed in seeds:
+        for fold in range(folds):
+            sp = make_split(ds, cfg.val_fraction, seed, cfg.holdout_subclasses, cfg.holdout_superclasses, fold)
+            y_sup, y_sub = sp.space.encode(ds.superclass, ds.subclass)
+            bank = sp.train[:BANK_SIZE]
+            out = Outputs(torch.empty(0), torch.empty(0), ref_feats=ref[sp.val], bank_ref=ref[bank],
+                          bank_sub_target=y_sub[bank])
+            seen = y_sup[sp.val] != -1
+            held = ", ".join(ds.taxonomy.superclass.names[s] for s in sp.held_out_supers)
+            for score in ("pretrained_knn", "pretrained_mahalanobis"):
+                s = REGISTRY.get(score)(out, "super")
+                caught = {f"novel_super_at_tpr{t}": float((s[~seen] < torch.quantile(s[seen], 1 - t)).float().mean())
+                          for t in (0.95, 0.98)}
+                rows.append({"seed": seed, "fold": fold, "held_out": held, "score": score,
+                             "auroc_super": auroc(s, seen), **caught})
+    return rows
+
+
 def summarise(df):
     """Mean and spread over folds per score x threshold rule."""
     keys = ["seen_super_acc", "novel_super_acc", "seen_sub_acc", "novel_sub_acc", "auroc_super", "auroc_sub",
@@ -137,6 +170,8 @@ def main() -> None:
     ap.add_argument("--save-outputs", help="with --folds: save the folds' final outputs (.pt) to re-score later")
     ap.add_argument("--rescore", help="re-score saved fold outputs (from --save-outputs) with every score x rule; "
                     "no training")
+    ap.add_argument("--reference-only", nargs="*", type=int, metavar="SEED", help="no training: the superclass "
+                    "level of the pretrained_* scores over these split seeds (default 0) x --folds (default 3) folds")
     args = ap.parse_args()
     from hier_tl.config import parse_value
 
@@ -145,7 +180,13 @@ def main() -> None:
 
     pd.set_option("display.width", 250)
     pd.set_option("display.max_rows", 500)
-    if args.rescore:
+    if args.reference_only is not None:
+        ds = load_dataset(args.data)
+        df = pd.DataFrame(reference_only(ds, extra, args.folds or 3, args.reference_only or [0]))
+        print(df.round(4).to_string(index=False))
+        keys = ["auroc_super", "novel_super_at_tpr0.95", "novel_super_at_tpr0.98"]
+        print(df.groupby("score")[keys].agg(["mean", "std", "min"]).round(3).to_string())
+    elif args.rescore:
         from hier_tl.metrics import Outputs
 
         outs = [Outputs.from_dict(d) for d in torch.load(args.rescore, weights_only=True)]
