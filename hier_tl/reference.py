@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,11 @@ CACHE_VERSION = 1
 
 
 def features(images: torch.Tensor, backbone: str, size: int, bf16: bool = False, batch: int = 256,
-             use_cache: bool = True, log=None) -> torch.Tensor:
+             use_cache: bool = True) -> torch.Tensor:
     """float32 CPU features (N x d) of uint8 images (N x 3 x H x W, on the device that computes them) from
     the ImageNet weights of `backbone` at `size` px; from the on-disk cache when these images were seen."""
     if not use_cache:
-        return _compute(images, backbone, size, bf16, batch, log)
+        return _compute(images, backbone, size, bf16, batch)
     path = cache_dir() / "reference" / f"{_key(images, backbone, size, bf16)}.npy"
     with _locked(path):  # trials starting together on one machine: the first computes, the others read
         if path.is_file():
@@ -39,7 +40,7 @@ def features(images: torch.Tensor, backbone: str, size: int, bf16: bool = False,
                 return torch.from_numpy(np.load(path))
             except (OSError, ValueError):
                 pass  # unreadable cache entry: compute again
-        feats = _compute(images, backbone, size, bf16, batch, log)
+        feats = _compute(images, backbone, size, bf16, batch)
         try:
             with atomic_path(path) as tmp, open(tmp, "wb") as f:
                 np.save(f, feats.numpy())
@@ -73,7 +74,10 @@ def _key(images: torch.Tensor, backbone: str, size: int, bf16: bool) -> str:
 
 
 @torch.no_grad()
-def _compute(images: torch.Tensor, backbone: str, size: int, bf16: bool, batch: int, log) -> torch.Tensor:
+def _compute(images: torch.Tensor, backbone: str, size: int, bf16: bool, batch: int) -> torch.Tensor:
+    t0 = time.time()
+    print(f"reference features: {backbone} (ImageNet, frozen) at {size} px for {len(images)} images...",
+          file=sys.stderr, flush=True)
     bb = build_backbone(backbone, "imagenet")
     model = bb.module.eval().to(device=images.device, memory_format=torch.channels_last)
     parts = []
@@ -81,6 +85,5 @@ def _compute(images: torch.Tensor, backbone: str, size: int, bf16: bool, batch: 
         x = augment.to_input(images[start:start + batch], size, bb.norm).contiguous(memory_format=torch.channels_last)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
             parts.append(model(x).float())
-        if log is not None:
-            log(f"reference features ({backbone}, {size} px): {min(start + batch, len(images))}/{len(images)}")
+    print(f"reference features: done in {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
     return torch.cat(parts).cpu() if parts else torch.empty(0, bb.dim)
