@@ -119,6 +119,17 @@ def accuracy(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     return {"acc": mean(torch.ones_like(seen)), "seen_acc": mean(seen), "novel_acc": mean(~seen)}
 
 
+NEW_SUB = "novel_sub_seen_super_acc"  # novel subclasses of a seen superclass (a new breed of a known animal)
+
+
+def new_subclass_acc(out: "Outputs", sub_pred: torch.Tensor) -> float:
+    """Fraction of the images of a novel subclass whose superclass is seen that are called novel at the
+    subclass level (NaN when validation holds none). `novel_sub_acc` mixes them with the images of novel
+    superclasses, so it depends on how many of each a validation set holds; this does not."""
+    keep = (out.super_target != NOVEL) & (out.sub_target == NOVEL)
+    return float((sub_pred[keep] == NOVEL).float().mean()) if keep.any() else math.nan
+
+
 def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     """Area under the ROC curve of `scores` separating positive (seen) from negative (novel); ties count half."""
     pos, neg = int(positive.sum()), int((~positive).sum())
@@ -188,6 +199,7 @@ def evaluate(out: Outputs, space: LabelSpace, score: str = "msp", threshold: flo
         acc = accuracy(pred, out.target(lvl))
         m.update({acc_key(lvl, g): acc[f"{g}acc"] for g in GROUPS})
         m[f"threshold_{lvl}"] = thr[lvl]
+    m[NEW_SUB] = new_subclass_acc(out, sub)
     for name in dict.fromkeys((score, *scores)):
         if novelty.needs_features(name) and out.bank is None:
             continue
@@ -306,7 +318,7 @@ def current_lr(s: EpochState) -> float:
 def reported_metrics(scores: tuple[str, ...] = ()) -> set[str]:
     """Every metric name an epoch report carries when AUROC / FPR@95 are computed for `scores`."""
     names = {"epoch", "objective", *EPOCH_METRICS.names()}
-    names |= {acc_key(lvl, g) for lvl in LEVELS for g in GROUPS} | {f"threshold_{lvl}" for lvl in LEVELS}
+    names |= {acc_key(lvl, g) for lvl in LEVELS for g in GROUPS} | {f"threshold_{lvl}" for lvl in LEVELS} | {NEW_SUB}
     for score in dict.fromkeys((*novelty.logit_scores(), *scores)):
         names |= {score_key(k, lvl, score) for k in ("auroc", "fpr95") for lvl in LEVELS}
     return names
@@ -325,13 +337,13 @@ def threshold_rows(out: Outputs, scores, thresholds) -> list[dict]:
             m = evaluate(out, out.space, score, thr)
             row = {"score": score, "threshold": str(thr), **{f"threshold_{lvl}": m[f"threshold_{lvl}"] for lvl in LEVELS}}
             row.update({acc_key(lvl, g): m[acc_key(lvl, g)] for lvl in LEVELS for g in ("seen_", "novel_")})
-            row["objective"] = m["objective"]
+            row[NEW_SUB], row["objective"] = m[NEW_SUB], m["objective"]
             row.update({score_key("auroc", lvl): m[score_key("auroc", lvl, score)] for lvl in LEVELS})
             rows.append(row)
     return rows
 
 
-FOLD_SPREAD = ("objective", *(acc_key(lvl, g) for lvl in LEVELS for g in GROUPS))
+FOLD_SPREAD = ("objective", *(acc_key(lvl, g) for lvl in LEVELS for g in GROUPS), NEW_SUB)
 FOLD_SUM = ("train_time", "epoch_time")  # what the epoch cost in all
 FOLD_FIRST = ("epoch", "threshold_super", "threshold_sub")  # fold 0's: its model is the one checkpointed
 

@@ -29,6 +29,24 @@ def test_auroc_and_fpr95_by_hand():
     assert metrics.fpr_at_tpr(scores, pos) == pytest.approx(0.5)
 
 
+def test_novel_subclasses_of_seen_superclasses_are_counted_apart_from_novel_superclasses():
+    """`novel_sub_acc` mixes new breeds of known animals with new animals; the new breeds alone are
+    `novel_sub_seen_super_acc`, whatever the mix."""
+    space = LabelSpace((0, 1), (10, 11), (0, 1), 2, 12)
+    big = 10.0
+    out = metrics.Outputs(  # seen / new breed, unsure (caught) / new breed, sure (missed) / new animal (caught)
+        super_logits=torch.tensor([[big, 0], [big, 0], [0, big], [0, 0.0]]),
+        sub_logits=torch.tensor([[big, 0], [0, 0.0], [0, big], [0, 0.0]]),
+        super_target=torch.tensor([0, 0, 1, NOVEL]), sub_target=torch.tensor([0, NOVEL, NOVEL, NOVEL]))
+    m = metrics.evaluate(out, space, "msp", 0.6)
+    assert m["novel_sub_seen_super_acc"] == 0.5 and m["novel_sub_acc"] == pytest.approx(2 / 3)
+    assert metrics.NEW_SUB in metrics.reported_metrics()
+    (row,) = metrics.threshold_rows(metrics.Outputs(**{**out.__dict__, "space": space}), ("msp",), (0.6,))
+    assert row["novel_sub_seen_super_acc"] == 0.5
+    none = metrics.Outputs(out.super_logits[:1], out.sub_logits[:1], out.super_target[:1], out.sub_target[:1])
+    assert math.isnan(metrics.evaluate(none, space, "msp", 0.6)["novel_sub_seen_super_acc"])
+
+
 def test_evaluate_and_objective():
     space = LabelSpace((0, 1), (10, 11), (0, 1), 2, 12)
     big = 10.0
