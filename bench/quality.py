@@ -44,7 +44,7 @@ OPENSET = {**LITE0, "image_size": 128, "tta": True}  # the open-set recipe (swee
 RUNS.update(lite0_openset_sub={**OPENSET, "holdout_subclasses": 3},
             lite0_openset_super={**OPENSET, "holdout_superclasses": 1})
 RUNS["lite0_64"] = {**LITE0, "image_size": 64, "epochs": 4, "tta": True}  # native 64 px: 4x cheaper on a CPU
-RULES = ("tpr:0.985", "tpr:0.98", "tpr:0.95", "tpr:0.9", "best", 0.6)
+RULES = ("tpr:0.985/tpr:0.965", "tpr:0.985", "tpr:0.98", "tpr:0.95", "tpr:0.9", "best", 0.6)
 
 
 def closed_set(res, ds, cfg: TrainConfig, tta: bool) -> dict:

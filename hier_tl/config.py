@@ -46,11 +46,23 @@ class Threshold:
             return cls("tpr", float(text[4:]))
         if text and _FLOAT.fullmatch(text):
             return cls("value", float(text))
-        raise ConfigError(f"{key}: {spec!r} is not a number, 'best' or 'tpr:P' (0 < P <= 1)")
+        raise ConfigError(f"{key}: {spec!r} is not a number, 'best' or 'tpr:P' (0 < P <= 1), or SUPER/SUB of those")
 
     def __str__(self) -> str:
         return {"value": lambda: f"{self.value:g}", "tpr": lambda: f"tpr:{self.value:g}",
                 "best": lambda: "best"}[self.kind]()
+
+    @classmethod
+    def per_level(cls, spec: Any, key: str = "threshold") -> dict[str, "Threshold"]:
+        """The rule of each level: one rule for both, or `SUPER/SUB`, the superclass level's rule then the
+        subclass level's (`tpr:0.985/tpr:0.97`: keep 98.5% of seen superclasses, 97% of seen subclasses)."""
+        if isinstance(spec, str) and "/" in spec:
+            parts = spec.split("/")
+            if len(parts) != 2:
+                raise ConfigError(f"{key}: {spec!r} has {len(parts)} parts; per-level thresholds are SUPER/SUB")
+            return {"super": cls.parse(parts[0], key), "sub": cls.parse(parts[1], key)}
+        rule = cls.parse(spec, key)
+        return {"super": rule, "sub": rule}
 
 
 @dataclass
@@ -87,7 +99,8 @@ class TrainConfig:
     # superclass(es) f places on and redraws the held-out subclasses; metrics are fold means (+ `<metric>_std`)
     # --- novelty ---
     novelty_score: str = "msp"  # registry name: msp | maxlogit | energy | knn | ... | pretrained_hier
-    threshold: float | str = 0.6  # a number, 'tpr:0.95' (keep 95% of seen val images) or 'best'
+    threshold: float | str = 0.6  # a number, 'tpr:0.95' (keep 95% of seen val images), 'best', or SUPER/SUB
+    # rules per level ('tpr:0.985/tpr:0.97')
     reference_backbone: str = "efficientnet_lite0"  # frozen ImageNet backbone of the `pretrained_*` scores
     reference_size: int = 224  # side at which the reference backbone sees the images
     # --- runtime ---
@@ -116,7 +129,7 @@ class TrainConfig:
             raise ConfigError("holdout_subclasses, holdout_superclasses and mixup_alpha must be >= 0")
         if not 0 <= self.translate < 0.5:
             raise ConfigError(f"translate: must be in [0, 0.5), got {self.translate}")
-        Threshold.parse(self.threshold)
+        Threshold.per_level(self.threshold)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return from_dict(TrainConfig, {**dataclasses.asdict(self), **changes})

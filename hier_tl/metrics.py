@@ -167,16 +167,16 @@ def objective(m: dict[str, float]) -> float:
 
 
 def thresholds_for(out: Outputs, score: str, spec: float | str | Threshold) -> dict[str, float]:
-    """Resolve a threshold per level; 'best' maximises that level's mean of seen and novel accuracy
-    (and falls back to tpr:0.95 on a level whose validation holds no novel image)."""
-    spec, res = Threshold.parse(spec), {}
+    """Resolve a threshold per level (one rule for both, or `SUPER/SUB`); 'best' maximises that level's mean
+    of seen and novel accuracy (and falls back to tpr:0.95 on a level whose validation holds no novel image)."""
+    rules, res = Threshold.per_level(spec), {}
     for lvl in LEVELS:
-        s, seen = out.score(score, lvl), out.target(lvl) != NOVEL
-        if spec.kind == "best":
+        rule, s, seen = rules[lvl], out.score(score, lvl), out.target(lvl) != NOVEL
+        if rule.kind == "best":
             res[lvl] = _best_threshold(s, seen) if (~seen).any() else novelty.resolve_threshold(
                 Threshold("tpr", 0.95), s[seen])
         else:
-            res[lvl] = novelty.resolve_threshold(spec, s[seen])
+            res[lvl] = novelty.resolve_threshold(rule, s[seen])
     return res
 
 

@@ -103,7 +103,7 @@ class SweepConfig:
         if self.scheduler.grace_period < 1 or self.scheduler.reduction_factor < 2:
             raise ConfigError("scheduler.grace_period must be >= 1 and scheduler.reduction_factor >= 2")
         for i, t in enumerate(self.novelty.thresholds):
-            Threshold.parse(t, f"novelty.thresholds[{i}]")
+            Threshold.per_level(t, f"novelty.thresholds[{i}]")
         for i, s in enumerate(self.novelty.scores):
             SCORES.get(s, where=f"novelty.scores[{i}]")
         self._check_metric()

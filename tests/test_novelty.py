@@ -58,6 +58,24 @@ def test_threshold_specs():
         novelty.compute("odin", Outputs(torch.zeros(1, 2), torch.zeros(1, 3)), "super")
 
 
+def test_per_level_thresholds_apply_each_rule_to_its_own_level():
+    from hier_tl import metrics
+    from hier_tl.config import Threshold, TrainConfig
+
+    rules = Threshold.per_level("tpr:0.985/best")
+    assert (str(rules["super"]), str(rules["sub"])) == ("tpr:0.985", "best")
+    assert Threshold.per_level(0.6) == {"super": Threshold("value", 0.6), "sub": Threshold("value", 0.6)}
+    for bad, why in (("tpr:0.9/best/0.5", "3 parts"), ("tpr:0.9/", "is not a number"), ("x/0.5", "is not a number")):
+        with pytest.raises(ValueError, match=why):
+            TrainConfig(threshold=bad).validate()
+    g = torch.Generator().manual_seed(0)
+    out = Outputs(torch.randn(60, 2, generator=g), torch.randn(60, 3, generator=g),
+                  torch.tensor([0, 1, NOVEL] * 20), torch.tensor([0, 2, NOVEL] * 20), SPACE)
+    both = metrics.thresholds_for(out, "msp", "tpr:0.9/best")
+    assert both["super"] == metrics.thresholds_for(out, "msp", "tpr:0.9")["super"]
+    assert both["sub"] == metrics.thresholds_for(out, "msp", "best")["sub"]
+
+
 def test_knn_scores_by_distance_to_the_kth_training_feature():
     bank = torch.eye(4).repeat(10, 1)  # 40 training features: each axis ten times
     near = torch.tensor([[1.0, 0.01, 0, 0]])

@@ -223,7 +223,7 @@ def test_a_metric_registered_in_one_place_reaches_epochs_replays_trials_and_repo
 
 def test_a_sweep_with_rotating_folds_ranks_by_the_fold_mean_and_records_the_spread(tmp_path, capsys):
     base = {"backbone": "cnn_tiny", "epochs": 2, "batch_size": 16, "val_fraction": 0.25, "holdout_subclasses": 1,
-            "holdout_superclasses": 1, "threshold": "tpr:0.95", "folds": 3, "novelty_score": "pretrained_hier",
+            "holdout_superclasses": 1, "threshold": "tpr:0.95/best", "folds": 3, "novelty_score": "pretrained_hier",
             "reference_size": 32}
     p = tiny_sweep(tmp_path, base=base, num_samples=2, scheduler={"kind": "none"},
                    novelty={"scores": ["msp", "fusion", "pretrained_hier"], "thresholds": ["tpr:0.95"]})
@@ -238,6 +238,7 @@ def test_a_sweep_with_rotating_folds_ranks_by_the_fold_mean_and_records_the_spre
     # predict from the best trial (fold 0's model, its bank with the reference features in the checkpoint),
     # then refit it once
     from hier_tl import checkpoint
+    from hier_tl.results import trial_checkpoint
     from hier_tl.sweep import load_sweep
     from hier_tl.synthetic import load_source
 
@@ -251,3 +252,7 @@ def test_a_sweep_with_rotating_folds_ranks_by_the_fold_mean_and_records_the_spre
     refit = checkpoint.load(next((tmp_path / "results" / "t" / "refit").glob("*/checkpoint.pt")))
     assert refit["config"]["folds"] == 1 and "folds" not in refit and refit["bank"]["bank_backbone"] is not None
     assert refit["bank"]["bank_ref"].shape[0] == refit["bank"]["bank_backbone"].shape[0]
+    # per-level rules: the tpr level is recalibrated on held-back images, the `best` level keeps the trial's value
+    trial, _ = trial_checkpoint(res.storage, best)
+    assert refit["calibration"]["levels"] == ["super"] and refit["calibration"]["rule"] == "tpr:0.95/best"
+    assert refit["history"][-1]["threshold_sub"] == trial["history"][-1]["threshold_sub"]
