@@ -62,7 +62,10 @@ def _locked(path: Path):
         yield
         return
     with f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): unlocked, still atomic
+            pass
         yield
 
 
