@@ -60,7 +60,8 @@ class Threshold:
             parts = spec.split("/")
             if len(parts) != 2:
                 raise ConfigError(f"{key}: {spec!r} has {len(parts)} parts; per-level thresholds are SUPER/SUB")
-            return {"super": cls.parse(parts[0], key), "sub": cls.parse(parts[1], key)}
+            where = f"{key} {spec!r}"
+            return {"super": cls.parse(parts[0], f"{where}, superclass"), "sub": cls.parse(parts[1], f"{where}, subclass")}
         rule = cls.parse(spec, key)
         return {"super": rule, "sub": rule}
 

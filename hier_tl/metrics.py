@@ -122,7 +122,7 @@ def accuracy(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
 NEW_SUB = "novel_sub_seen_super_acc"  # novel subclasses of a seen superclass (a new breed of a known animal)
 
 
-def new_subclass_acc(out: "Outputs", sub_pred: torch.Tensor) -> float:
+def new_subclass_acc(out: Outputs, sub_pred: torch.Tensor) -> float:
     """Fraction of the images of a novel subclass whose superclass is seen that are called novel at the
     subclass level (NaN when validation holds none). `novel_sub_acc` mixes them with the images of novel
     superclasses, so it depends on how many of each a validation set holds; this does not."""

@@ -27,12 +27,10 @@ from .models import build_backbone
 CACHE_VERSION = 1
 
 
-def features(images: torch.Tensor, backbone: str, size: int, bf16: bool = False, batch: int = 256,
-             use_cache: bool = True) -> torch.Tensor:
+def features(images: torch.Tensor, backbone: str, size: int, bf16: bool = False, batch: int = 256) -> torch.Tensor:
     """float32 CPU features (N x d) of uint8 images (N x 3 x H x W, on the device that computes them) from
-    the ImageNet weights of `backbone` at `size` px; from the on-disk cache when these images were seen."""
-    if not use_cache:
-        return _compute(images, backbone, size, bf16, batch)
+    the ImageNet weights of `backbone` at `size` px; from the on-disk cache when these images were seen (a
+    cache that cannot be written costs a warning and computing again next time)."""
     path = cache_dir() / "reference" / f"{_key(images, backbone, size, bf16)}.npy"
     with _locked(path):  # trials starting together on one machine: the first computes, the others read
         if path.is_file():
@@ -72,7 +70,7 @@ def _locked(path: Path):
 def _key(images: torch.Tensor, backbone: str, size: int, bf16: bool) -> str:
     h = hashlib.blake2b(f"v{CACHE_VERSION}|{backbone}|{size}|{bf16}|{images.device.type}|{tuple(images.shape)}"
                         .encode(), digest_size=16)
-    h.update(images.contiguous().cpu().numpy().tobytes())
+    h.update(np.ascontiguousarray(images.cpu().numpy()))  # hashed in place: no copy of the image bytes
     return h.hexdigest()
 
 

@@ -92,7 +92,8 @@ def load_plugins() -> None:
 
 # Every registry of the package; the module named second registers the entries.
 BACKBONES = Registry("backbone", "hier_tl.models")  # meta: imagenet (bool)
-# meta: features (needs features + a training bank), same_levels (one value per image at both levels)
+# meta: features (needs features + a training bank), same_levels (one value per image at both levels),
+# reference (needs the frozen ImageNet reference features, hier_tl/reference.py)
 SCORES = Registry("novelty score", "hier_tl.novelty", "hier_tl.scores")
 OPTIMIZERS = Registry("optimizer", "hier_tl.train")
 SCHEDULES = Registry("schedule", "hier_tl.train")

@@ -2,6 +2,7 @@
 each re-scores saved outputs, ranks the unfamiliar below the familiar, and predicts from a checkpoint as
 it validated."""
 
+import dataclasses
 import io
 
 import pytest
@@ -111,10 +112,8 @@ PRETRAINED = ("pretrained_knn", "pretrained_mahalanobis", "pretrained_hier")
 def test_pretrained_scores_measure_the_reference_features_and_pretrained_hier_splits_the_levels():
     near, far = torch.eye(16)[:1] * 4 + 0.05, torch.full((1, 16), 1.0)
     out = _bank_outputs(torch.cat([near, near]))  # the fine-tuned features cannot tell them apart
-    out = Outputs(out.super_logits, out.sub_logits, **{k: getattr(out, k) for k in (
-        "feats", "backbone_feats", *Outputs.BANK_FIELDS)}, ref_feats=torch.cat([near, far]))
-    out.bank_ref = out.bank_backbone.flip(1)  # a different space: queries must be scored in it
-    out.ref_feats = out.ref_feats.flip(1)
+    # the reference is another space (here: the dimensions reversed); queries must be scored in it
+    out = dataclasses.replace(out, ref_feats=torch.cat([near, far]).flip(1), bank_ref=out.bank_backbone.flip(1))
     for name in ("pretrained_knn", "pretrained_mahalanobis"):
         s = out.score(name, "super")
         assert s[0] > s[1], (name, s)
