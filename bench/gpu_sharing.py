@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def intervals(folder: str):
     """(trial_id, start, end) per trial, from the sweep's tables."""
-    from hier_tl.results import load_results
+    from hier_tl.results.reading import load_results
 
     r = load_results(folder)
     last = r.epochs.groupby("trial_id")["time"].max()

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from hier_tl.config import TrainConfig
-from hier_tl.data import load_dataset
-from hier_tl.metrics import evaluate
-from hier_tl.split import make_split
-from hier_tl.novelty import logit_scores, needs_reference
-from hier_tl.train import BANK_SIZE, fit, infer
+from hier_tl.data.dataset import load_dataset
+from hier_tl.data.split import make_split
+from hier_tl.train.metrics import evaluate
+from hier_tl.train.novelty import logit_scores, needs_reference
+from hier_tl.train.train_config import TrainConfig
+from hier_tl.train.trainer import BANK_SIZE, fit, infer
 
 SCORES = (*logit_scores(), "knn", "knn_backbone", "mahalanobis", "vim", "fusion", "hier", "pretrained_knn",
           "pretrained_mahalanobis", "pretrained_hier")
@@ -102,7 +102,7 @@ def protocol(name: str, ds, extra: dict, folds: int, save: str | None = None) ->
 
 def rescore(name: str, outs) -> list[dict]:
     """Every score x rule on each fold's outputs (no model needed), timing each score once per fold."""
-    from hier_tl.metrics import threshold_rows
+    from hier_tl.train.metrics import threshold_rows
 
     rows = []
     for fold, out in enumerate(outs):
@@ -122,9 +122,10 @@ def reference_only(ds, extra: dict, folds: int, seeds: list[int]) -> list[dict]:
     """The superclass level of the pretrained scores alone, which needs no training: per split seed x fold
     (one superclass and 3 subclasses per superclass held out, rotated), the held-out superclass's AUROC
     and the fraction of it caught at thresholds keeping 95% / 98% of the seen-superclass images."""
-    from hier_tl.metrics import Outputs, auroc
-    from hier_tl.registry import SCORES as REGISTRY
-    from hier_tl.train import reference_features
+    from hier_tl.train.metrics import auroc
+    from hier_tl.train.outputs import Outputs
+    from hier_tl.train.registries import SCORES as REGISTRY
+    from hier_tl.train.trainer import reference_features
 
     cfg = TrainConfig(**{"holdout_superclasses": 1, "holdout_subclasses": 3, **extra})
     t0 = time.time()
@@ -173,7 +174,7 @@ def main() -> None:
     ap.add_argument("--reference-only", nargs="*", type=int, metavar="SEED", help="no training: the superclass "
                     "level of the pretrained_* scores over these split seeds (default 0) x --folds (default 3) folds")
     args = ap.parse_args()
-    from hier_tl.config import parse_value
+    from hier_tl.core.config import parse_value
 
     extra = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
     import pandas as pd
@@ -187,7 +188,7 @@ def main() -> None:
         keys = ["auroc_super", "novel_super_at_tpr0.95", "novel_super_at_tpr0.98"]
         print(df.groupby("score")[keys].agg(["mean", "std", "min"]).round(3).to_string())
     elif args.rescore:
-        from hier_tl.metrics import Outputs
+        from hier_tl.train.outputs import Outputs
 
         outs = [Outputs.from_dict(d) for d in torch.load(args.rescore, weights_only=True)]
         df = pd.DataFrame(rescore(Path(args.rescore).stem, outs))

@@ -20,10 +20,10 @@ import tempfile
 import time
 from types import SimpleNamespace
 
-from hier_tl.config import TrainConfig
-from hier_tl.recorder import Recorder
-from hier_tl.storage import Storage
-from hier_tl.sweep import SweepConfig
+from hier_tl.results.storage import Storage
+from hier_tl.sweep.recorder import Recorder
+from hier_tl.sweep.sweep_config import SweepConfig
+from hier_tl.train.train_config import TrainConfig
 
 SCORES = ["msp", "maxlogit", "energy", "knn"]
 THRESHOLDS = [0.3, 0.5, 0.6, 0.7, 0.9, "tpr:0.9", "tpr:0.95", "best"]

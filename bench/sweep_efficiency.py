@@ -15,9 +15,9 @@ import argparse
 import tempfile
 import time
 
-from hier_tl.sweep import SweepConfig
-from hier_tl.config import from_dict
-from hier_tl.runner import run_sweep
+from hier_tl.core.config import from_dict
+from hier_tl.sweep.runner import run_sweep
+from hier_tl.sweep.sweep_config import SweepConfig
 
 SPACE = {"depth": ["full", "partial"], "lr": [1e-3, 3e-3, 1e-2], "mixup_alpha": [0.0, 0.2]}
 

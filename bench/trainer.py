@@ -18,14 +18,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset as TorchDataset
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
 from torchvision import transforms as T
 
-from hier_tl.config import TrainConfig
-from hier_tl.data import load_dataset
-from hier_tl.models import build_model
-from hier_tl.split import make_split
-from hier_tl.train import fit, make_optimizer, make_schedule, resolve_device, seed_everything
+from hier_tl.data.dataset import load_dataset
+from hier_tl.data.split import make_split
+from hier_tl.train.models import build_model
+from hier_tl.train.optim import make_optimizer, make_schedule
+from hier_tl.train.train_config import TrainConfig
+from hier_tl.train.trainer import fit, resolve_device, seed_everything
 
 
 class PaperDataset(TorchDataset):
@@ -83,7 +85,7 @@ def reference(cfg: TrainConfig, ds, split, workers: int, device) -> dict:
 
 
 def ours(cfg: TrainConfig, ds, compile_model: bool = False) -> dict:
-    import hier_tl.train as train
+    import hier_tl.train.trainer as train
 
     def build(*a, _orig=train.build_model):
         model, bb = _orig(*a)

@@ -1,41 +1,26 @@
-"""hier-tl: hyperparameter sweeps for hierarchical transfer learning with open-set novelty detection."""
+"""hier-tl: hyperparameter sweeps for hierarchical transfer learning with open-set novelty detection.
+
+The package is layered; a layer imports only the layers before it (tests/test_layers.py checks it):
+
+    core      errors, the registry, atomic file writes, typed-config machinery, the code version
+    data      the dataset layout and its validation, the decode cache, splits, synthetic data
+    train     models, augmentation, `fit`, novelty scores, metrics, checkpoints (no Ray, no results folder)
+    results   storage (local or object store), Parquet tables, the trial ledger, reading a results folder
+    sweep     sweep files and everything that talks to Ray Tune (the only code that imports Ray)
+    analysis  the report, HPO panels and exports;   predict   predictions and refits
+    cli       arguments in, one call, output
+
+`hier_tl.train.fit(config, data, report=callback)` is the one trainer; `hier_tl.load_results(uri)` reads a sweep.
+"""
 
 from __future__ import annotations
 
-import functools
-import subprocess
-from importlib import metadata
-from pathlib import Path
-
-try:
-    __version__ = metadata.version("hier-tl")
-except metadata.PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+src"
-
-
-@functools.cache
-def git_commit() -> str:
-    """The commit of the source tree hier-tl runs from ('' outside a git checkout); recorded with every result."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    if out.returncode != 0:
-        return ""
-    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=5).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
-
-
-def code_version() -> dict[str, str]:
-    return {"hier_tl_version": __version__, "git_commit": git_commit()}
+from .core.version import __version__  # noqa: F401
 
 
 def load_results(uri: str, tables: tuple[str, ...] = ("epochs", "thresholds")):
     """A sweep's results from a local folder or an s3:// / gs:// URI (query parameters such as
     `endpoint_override` kept): `.trials`, `.epochs`, `.thresholds` DataFrames and `.meta` (the sweep file)."""
-    from .results import load_results as load
+    from .results.reading import load_results as load
 
     return load(str(uri), tables)

@@ -10,11 +10,11 @@ import shlex
 import sys
 import time
 
-from .errors import HierTLError
+from .core.errors import HierTLError
 
 
 def cmd_data_check(args) -> int:
-    from .data import summary
+    from .data.dataset import summary
 
     t0 = time.perf_counter()
     print("\n".join(summary(args.dir, args.image_size)))
@@ -23,7 +23,7 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_data_synth(args) -> int:
-    from .synthetic import SynthSpec, spec_fields, synthesize
+    from .data.synthetic import SynthSpec, spec_fields, synthesize
 
     spec = SynthSpec(**{f.name: getattr(args, f.name) for f in spec_fields()})
     spec.validate()
@@ -35,17 +35,17 @@ def cmd_data_synth(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .config import load_train_config
-    from .data import load_dataset
-    from .train import train_to_folder
+    from .data.dataset import load_dataset
+    from .results.runfolder import train_to_folder
+    from .train.train_config import load_train_config
 
     train_to_folder(load_train_config(args.config, args.set), load_dataset(args.data), args.out)
     return 0
 
 
 def cmd_score(args) -> int:
-    from .data import read_layout
-    from .metrics import score_predictions
+    from .analysis.leaderboard import score_predictions
+    from .data.dataset import read_layout
 
     tax, _, problems, _ = read_layout(args.data)
     if tax is None:
@@ -63,10 +63,10 @@ def _pct(x: float) -> str:
 
 
 def cmd_sweep(args) -> int:
-    from .report import comparison_table, format_table
-    from .runner import run_sweep
-    from .storage import Storage
-    from .sweep import load_sweep
+    from .analysis.report import comparison_table, format_table
+    from .results.storage import Storage
+    from .sweep.runner import run_sweep
+    from .sweep.sweep_config import load_sweep
 
     if args.resume and not args.name:
         raise HierTLError("--resume needs --name NAME: the name printed when the sweep started (or was interrupted)")
@@ -86,7 +86,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import format_table, write_report
+    from .analysis.report import format_table, write_report
 
     table, state, out = write_report(args.results, args.out)
     print(f"sweep state: {state}")
@@ -100,7 +100,7 @@ def cmd_best(args) -> int:
 
     import yaml
 
-    from .results import best_document, load_results, select, trial_checkpoint
+    from .results.reading import best_document, load_results, select, trial_checkpoint
 
     res = load_results(args.results, tables=())
     best = select(res.trials, args.metric, args.mode or res.mode_of(args.metric), args.where)
@@ -111,7 +111,7 @@ def cmd_best(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import run
+    from .predict.predict import run
 
     run(args.source, args.images, args.out, args.trial, args.threshold, args.refit, args.data, args.all_variants,
         args.epoch)
@@ -119,14 +119,14 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_mlflow
+    from .analysis.export import export_mlflow
 
     export_mlflow(args.results, args.tracking_uri, args.experiment)
     return 0
 
 
 def cmd_cleanup(args) -> int:
-    from .raycleanup import cleanup
+    from .sweep.raycleanup import cleanup
 
     n = cleanup()
     print(f"{n} leftover Ray process(es) stopped" if n else "no leftover Ray processes")
@@ -140,7 +140,7 @@ def _positive(text: str) -> int:
 
 
 def _add_data(sub) -> None:
-    from .synthetic import spec_fields
+    from .data.synthetic import spec_fields
 
     data = sub.add_parser("data", help="check a dataset folder, or write a synthetic one")
     dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "sweep":  # Ray processes a killed driver left behind
-        from .raycleanup import cleanup
+        from .sweep.raycleanup import cleanup
 
         cleanup()
     try:
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the environment (permissions, a full disk, a vanished file), not a bug
         if args.debug:
             raise
-        from .fileio import describe
+        from .core.fileio import describe
 
         print(f"error: {e.filename + ': ' if e.filename else ''}{describe(e)}", file=sys.stderr)
         return 1

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from hier_tl import augment
+from hier_tl.train import augment
 
 
 def test_mixed_ce_equals_ce_against_the_mixed_soft_target():

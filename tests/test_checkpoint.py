@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
-from hier_tl import checkpoint
 from hier_tl.cli import main
-from hier_tl.errors import CheckpointError
+from hier_tl.core.errors import CheckpointError
+from hier_tl.train import checkpoint
 
 
 class Evil:

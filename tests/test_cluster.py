@@ -1,6 +1,7 @@
-"""The cluster configs in cluster/: checked against Ray's own schema and code, offline.
+"""Running on a cluster. The cluster configs in cluster/: checked against Ray's own schema and code, offline;
+and `sweep.cluster`: what `hier-tl sweep` refuses before any trial starts.
 
-Nothing here starts Ray, reaches a network or imports hier_tl:
+The config checks start no Ray and reach no network:
 * aws.yaml / gcp.yaml go through the same steps `ray up` takes before it calls the
   cloud (ray.autoscaler._private.util.prepare_config, then validate_config, which
   checks against the ray-schema.json shipped inside the installed ray package);
@@ -20,8 +21,13 @@ import jsonschema
 import pytest
 import ray.autoscaler
 import yaml
-from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+from ray.autoscaler._private.kuberay.autoscaling_config import (
+    _derive_autoscaling_config_from_ray_cr,
+)
 from ray.autoscaler._private.util import prepare_config, validate_config
+
+from hier_tl.results.storage import Storage
+from hier_tl.sweep.sweep_config import SweepConfig
 
 CLUSTER = Path(__file__).resolve().parent.parent / "cluster"
 RAY_SCHEMA = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
@@ -285,3 +291,23 @@ def test_local_sh_rejects_bad_arguments_before_starting_anything(args, env, stat
     r = local_sh(*args, **env)
     assert r.returncode == status, (r.stdout, r.stderr)
     assert r.stdout == ""
+
+
+# --- sweep.cluster: what `hier-tl sweep` checks before any trial starts ---
+
+
+def _fake_ray(monkeypatch, hosts, resources):
+    import ray
+    monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"NodeManagerAddress": h, "Alive": True} for h in hosts])
+
+
+def test_node_local_storage_is_refused_on_a_multi_host_cluster(monkeypatch, tmp_path):
+    from hier_tl.core.errors import SweepError
+    from hier_tl.sweep.cluster import check_cluster
+    _fake_ray(monkeypatch, ["10.0.0.1", "10.0.0.2"], {"CPU": 8})
+    with pytest.raises(SweepError, match="node-local path"):
+        check_cluster(SweepConfig(), Storage(str(tmp_path), "x"))
+    check_cluster(SweepConfig(), Storage("s3://b/p?region=us-east-1", "x"))  # object storage is fine
+    _fake_ray(monkeypatch, ["127.0.0.1", "127.0.0.1"], {"CPU": 8})
+    check_cluster(SweepConfig(), Storage(str(tmp_path), "x"))  # nodes on one host share its disk

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from hier_tl.config import TrainConfig
-from hier_tl import checkpoint
-from hier_tl.train import fit, infer
+from hier_tl.train import checkpoint
+from hier_tl.train.train_config import TrainConfig
+from hier_tl.train.trainer import fit, infer
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -23,7 +23,7 @@ def test_fit_on_cuda_and_predict_on_cpu(synth_ds, tmp_path):
 
 
 def test_the_dataset_lives_on_the_gpu_as_uint8_and_bf16_is_on(synth_ds):
-    from hier_tl.train import _prepare, use_bf16
+    from hier_tl.train.trainer import _prepare, use_bf16
 
     run = _prepare(TrainConfig(backbone="cnn_tiny", device="cuda"), synth_ds, ())
     assert run.X.is_cuda and run.X.dtype == torch.uint8 and run.train.is_cuda
@@ -37,7 +37,7 @@ def test_a_training_epoch_never_waits_for_the_gpu(synth_ds):
     the whole epoch; the one sync per epoch is reading the summed loss afterwards."""
     import warnings
 
-    from hier_tl.train import _prepare, train_one_epoch, use_bf16
+    from hier_tl.train.trainer import _prepare, train_one_epoch, use_bf16
 
     cfg = TrainConfig(backbone="resnet18", device="cuda", batch_size=32, mixup_alpha=0.2, translate=0.1)
     run = _prepare(cfg, synth_ds, ())

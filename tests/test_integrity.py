@@ -6,8 +6,8 @@ import pickle
 import pyarrow.fs as pafs
 import pytest
 
-from hier_tl import integrity
-from hier_tl.errors import SweepError
+from hier_tl.core.errors import SweepError
+from hier_tl.results import integrity
 
 
 @pytest.fixture(autouse=True)

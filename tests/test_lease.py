@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from hier_tl import lease as L
-from hier_tl.errors import SweepError
-from hier_tl.storage import Storage
+from hier_tl.core.errors import SweepError
+from hier_tl.results import lease as L
+from hier_tl.results.storage import Storage
 
 
 def test_a_second_live_driver_is_refused_and_a_stale_lease_taken_over(tmp_path, capsys):

@@ -6,7 +6,7 @@ import random
 import pandas as pd
 import pytest
 
-from hier_tl.ledger import NO_EPOCH_ERROR, STATUSES, TrialLedger
+from hier_tl.results.ledger import NO_EPOCH_ERROR, STATUSES, TrialLedger
 
 
 class Clock:
@@ -183,7 +183,8 @@ def test_tie_keeps_earlier_epoch_and_none_never_beats_a_number():
 def best(led):
     """The one best-trial rule (results.best_trial) applied to the ledger's rows, as the progress line does."""
     import pandas as pd
-    from hier_tl.results import best_trial
+
+    from hier_tl.results.reading import best_trial
     return best_trial(pd.DataFrame(led.rows()), led.metric, led.mode)
 
 

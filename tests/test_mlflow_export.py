@@ -1,4 +1,4 @@
-"""hier_tl.mlflow_export against a real MLflow tracking server on 127.0.0.1 (sqlite backend, proxied artifacts)."""
+"""hier_tl.analysis.mlflow_export against a real MLflow tracking server on 127.0.0.1 (sqlite backend, proxied artifacts)."""
 import math
 import os
 import signal
@@ -15,7 +15,7 @@ pytest.importorskip("mlflow")
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from hier_tl.mlflow_export import export_mlflow  # noqa: E402
+from hier_tl.analysis.mlflow_export import export_mlflow  # noqa: E402
 
 CONFIG_KEYS = ["lr", "backbone", "depth", "mixup_alpha", "seed", "threshold"]
 STATUSES = {"t0": ("completed", "FINISHED"), "t1": ("interrupted", "KILLED"), "t2": ("errored", "FAILED")}

@@ -5,10 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-
-from hier_tl import models as M
-from hier_tl.config import TrainConfig
-from hier_tl.train import use_bf16
+from hier_tl.train import models as M
+from hier_tl.train.train_config import TrainConfig
+from hier_tl.train.trainer import use_bf16
 
 TIMM = ["timm/resnet10t", "timm/mobilenetv3_small_050"]  # any timm model, built from scratch
 BACKBONES = sorted(M.BACKBONES) + TIMM
@@ -104,8 +103,9 @@ def test_lite0_recognises_nndl64_dogs_as_imagenet_dogs():
     if not root.is_dir():
         pytest.skip("../shared/data/nndl64 not present")
     import timm
-    from hier_tl.augment import to_input
-    from hier_tl.data import load_dataset
+
+    from hier_tl.data.dataset import load_dataset
+    from hier_tl.train.augment import to_input
     ds = load_dataset(root)
     m = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
     m.load_state_dict(M.lite_imagenet_state_dict(m, 0), strict=True)
@@ -131,7 +131,7 @@ def test_timm_errors_name_the_model_and_the_offline_fix(tmp_path, monkeypatch):
     import huggingface_hub.constants
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never a download from the tests
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # (read when the hub was imported)
-    from hier_tl.errors import ConfigError, WeightsError
+    from hier_tl.core.errors import ConfigError, WeightsError
     with pytest.raises(ConfigError, match="timm has no model 'resnet9000'"):
         TrainConfig(backbone="timm/resnet9000").validate()
     with pytest.raises(WeightsError, match="weights=/path/to/model.safetensors"):

@@ -168,7 +168,7 @@ def test_object_storage_end_to_end_with_a_lost_node(s3, cluster, tmp_path, capsy
     assert not (tmp_path / "results").exists()  # nothing went to a local folder
 
     from hier_tl.cli import main
-    from hier_tl.synthetic import SynthSpec, load_source
+    from hier_tl.data.synthetic import SynthSpec, load_source
     data = load_source("synthetic", SynthSpec(seed=4, subs_per_super=2, per_class=20, test_per_class=1, size=32)).root
     n_test = len(list((data / "test_images").iterdir()))
     assert main(["report", uri, "--out", str(tmp_path / "rep")]) == 0

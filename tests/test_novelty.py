@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from hier_tl import novelty
-from hier_tl.metrics import Outputs
-from hier_tl.taxonomy import NOVEL, LabelSpace
+from hier_tl.data.taxonomy import NOVEL, LabelSpace
+from hier_tl.train import novelty
+from hier_tl.train.outputs import Outputs
 
 SPACE = LabelSpace(supers=(0, 1), subs=(10, 11, 12), sub_parent=(0, 0, 1), novel_super=2, novel_sub=13)
 
@@ -59,8 +59,9 @@ def test_threshold_specs():
 
 
 def test_per_level_thresholds_apply_each_rule_to_its_own_level():
-    from hier_tl import metrics
-    from hier_tl.config import Threshold, TrainConfig
+    from hier_tl.core.config import Threshold
+    from hier_tl.train import metrics
+    from hier_tl.train.train_config import TrainConfig
 
     rules = Threshold.per_level("tpr:0.985/best")
     assert (str(rules["super"]), str(rules["sub"])) == ("tpr:0.985", "best")

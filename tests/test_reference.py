@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from hier_tl import reference
-from hier_tl.config import TrainConfig
-from hier_tl.models import build_backbone
+from hier_tl.train import reference
+from hier_tl.train.models import build_backbone
+from hier_tl.train.train_config import TrainConfig
 
 
 def test_features_are_the_frozen_imagenet_backbone_and_are_cached_per_images(synth_ds, monkeypatch, tmp_path):
@@ -17,7 +17,7 @@ def test_features_are_the_frozen_imagenet_backbone_and_are_cached_per_images(syn
     x = synth_ds.images[:6]
     f = reference.features(x, "efficientnet_lite0", 32)
     bb = build_backbone("efficientnet_lite0", "imagenet")  # ImageNet weights, never fine-tuned
-    from hier_tl import augment
+    from hier_tl.train import augment
 
     with torch.no_grad():
         want = bb.module.eval()(augment.to_input(x, 32, bb.norm))
@@ -48,14 +48,14 @@ def test_the_reference_must_have_imagenet_weights():
         TrainConfig(reference_backbone="cnn_tiny").validate()
     with pytest.raises(ValueError, match="unknown backbone"):
         TrainConfig(reference_backbone="nope").validate()
-    with pytest.raises(ValueError, match="reference_size: must be positive"):
+    with pytest.raises(ValueError, match="reference_size: 0 is out of range"):
         TrainConfig(reference_size=0).validate()
 
 
 def test_processes_starting_together_compute_the_features_once(synth_ds, tmp_path):
     """Trials of a sweep start at once on one machine: one computes, the others wait and read the cache."""
     torch.save(synth_ds.images[:4].clone(), tmp_path / "x.pt")
-    code = ("import sys, torch; from hier_tl import reference; x = torch.load(sys.argv[1]); calls = []; "
+    code = ("import sys, torch; from hier_tl.train import reference; x = torch.load(sys.argv[1]); calls = []; "
             "real = reference._compute; reference._compute = lambda *a: calls.append(1) or real(*a); "
             "reference.features(x, 'efficientnet_lite0', 32); print(len(calls))")
     env = {**os.environ, "HIER_TL_CACHE": str(tmp_path / "cache")}

@@ -13,28 +13,6 @@ from hier_tl.cli import main
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """One tiny finished sweep: (results folder, dataset folder)."""
-    tmp = tmp_path_factory.mktemp("sweep")
-    synth = {"seed": 2, "subs_per_super": 2, "per_class": 30, "test_per_class": 8, "size": 32}
-    spec = {
-        "name": "r", "data": "synthetic", "synthetic": synth,
-        "base": {"backbone": "cnn_tiny", "epochs": 4, "batch_size": 16, "val_fraction": 0.25, "lr": 0.005,
-                 "threshold": "tpr:0.95", "holdout_subclasses": 1},
-        "space": {"depth": {"grid": ["full", "partial"]}, "mixup_alpha": {"grid": [0.0, 0.2]}},
-        "search": {"algo": "grid"}, "scheduler": {"kind": "asha", "grace_period": 1, "reduction_factor": 2},
-        "num_samples": 1, "resources": {"cpu": 1}, "storage": str(tmp / "results"),
-        "novelty": {"scores": ["msp", "energy"], "thresholds": [0.3, 0.5, 0.7, "tpr:0.95"]}, "smoke": {},
-    }
-    (tmp / "s.yaml").write_text(yaml.safe_dump(spec))
-    assert main(["sweep", str(tmp / "s.yaml")]) == 0
-    from hier_tl.sweep import load_sweep
-    from hier_tl.synthetic import load_source
-    sw = load_sweep(tmp / "s.yaml")
-    return tmp / "results" / "r", load_source(sw.data, sw.synthetic).root
-
-
 def test_report_numbers_equal_the_parquet(sweep, tmp_path, capsys):
     results, _ = sweep
     assert main(["report", str(results), "--out", str(tmp_path)]) == 0
@@ -44,7 +22,7 @@ def test_report_numbers_equal_the_parquet(sweep, tmp_path, capsys):
               "hpo_parallel.png", "hpo_history.png", "hpo_intermediate.png"):
         assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" or f.startswith("report"), f
     assert "data:image/png;base64," in (tmp_path / "report.html").read_text()  # self-contained
-    from hier_tl.report import comparison_table
+    from hier_tl.analysis.report import comparison_table
     trials = pd.read_parquet(results / "trials.parquet")
     table = comparison_table(trials)
     assert len(table) == 2 and set(table.depth) == {"full", "partial"}
@@ -166,24 +144,6 @@ def test_predict_on_a_folder_without_readable_images(sweep, tmp_path, capsys):
     assert "no readable image" in capsys.readouterr().err
 
 
-def test_predict_with_refit(sweep, tmp_path):
-    results, data = sweep
-    out = tmp_path / "p.csv"
-    assert main(["predict", str(results), "--images", str(data / "test_images"), "--out", str(out), "--refit"]) == 0
-    assert len(pd.read_csv(out)) == len(pd.read_csv(data / "test_labels.csv"))
-    assert any((results / "refit").iterdir())
-    # a tpr rule is resolved again for the refit model, on held-back calibration images, and recorded
-    from hier_tl import checkpoint
-    from hier_tl.predict import Predictor
-    path = next((results / "refit").glob("*/checkpoint.pt"))
-    ckpt = checkpoint.load(path)
-    assert ckpt["calibration"]["method"] == "held-back calibration images" and ckpt["calibration"]["rule"] == "tpr:0.95"
-    assert ckpt["config"]["val_fraction"] == 0.1 and ckpt["config"]["holdout_subclasses"] == 0
-    p = Predictor.from_checkpoint(path)
-    last = ckpt["history"][-1]
-    assert (p.thr_super, p.thr_sub) == (last["threshold_super"], last["threshold_sub"])
-    assert last["seen_sub_acc"] == last["seen_sub_acc"]  # calibration images exist (not NaN)
-    assert not list((results / "refit").glob("*/*.tmp"))
 
 
 def test_predict_from_a_train_run_folder(synth_dir, tmp_path):
@@ -238,8 +198,8 @@ def test_report_on_a_full_disk_leaves_no_empty_png(sweep, tmp_path, capsys, monk
 
 def test_the_best_epochs_weights_are_kept_beside_the_last(sweep, tmp_path, capsys):
     results, data = sweep
-    from hier_tl.results import checkpoints, trial_checkpoint
-    from hier_tl.storage import Storage
+    from hier_tl.results.reading import checkpoints, trial_checkpoint
+    from hier_tl.results.storage import Storage
     st = Storage.open(str(results))
     trials = load_results(results, tables=()).trials
     for t in trials[trials.epochs_run > 0].itertuples():

@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -78,7 +79,7 @@ def test_killed_driver_copied_folder_changed_file_second_driver_planted_pickle(t
     a.wait()
     left = [r for r in ray_records() if r["driver"] == a.pid]
     assert left and any(alive(pid) for pid in left[0]["pids"])  # its Ray processes outlive it...
-    assert "| running:" in (tmp_path / "a.log").read_text()  # the heartbeat named the running trial
+    assert re.search(r"\d+ running\b.*\| \S+ epoch \d+/\d+", (tmp_path / "a.log").read_text())  # heartbeat: its epoch of E
 
     changed = run(["sweep", str(p), "--name", "k", "--resume", "--set", "base.epochs=9"])
     assert changed.returncode == 2 and "base.epochs: 8 stored, 9 now" in changed.stderr
@@ -123,7 +124,7 @@ class Evil:
 
 
 def test_a_full_disk_ends_the_sweep_with_one_line_naming_the_storage(tmp_path, monkeypatch, capsys):
-    from hier_tl import tables
+    from hier_tl.results import tables
     real, calls = tables._write_atomic, []
 
     def fill_up(fs, path, table):

@@ -8,10 +8,10 @@ import io
 import pytest
 import torch
 
-from hier_tl import metrics, novelty
-from hier_tl.config import TrainConfig
-from hier_tl.metrics import Outputs
-from hier_tl.train import fit
+from hier_tl.train import metrics, novelty
+from hier_tl.train.outputs import Outputs
+from hier_tl.train.train_config import TrainConfig
+from hier_tl.train.trainer import fit
 
 NEW = ("knn_backbone", "mahalanobis", "vim", "fusion", "hier")
 
@@ -88,8 +88,8 @@ def test_scores_are_recomputed_from_saved_outputs_and_predict_reproduces_validat
     seen = again.sub_target != -1
     for name in NEW:  # the reported AUROC is what the saved outputs give, with no model
         assert m[f"auroc_sub_{name}"] == pytest.approx(metrics.auroc(again.score(name, "sub"), seen))
-    from hier_tl.predict import Predictor
-    from hier_tl.split import make_split
+    from hier_tl.data.split import make_split
+    from hier_tl.predict.predict import Predictor
 
     p = Predictor.from_checkpoint(saved["p"])
     val = make_split(synth_ds, cfg.val_fraction, cfg.split_seed, cfg.holdout_subclasses).val
@@ -136,9 +136,9 @@ def test_pretrained_scores_train_and_predict_from_the_checkpoint_as_validated(sy
     for name in PRETRAINED:
         seen = again.super_target != -1
         assert m[f"auroc_super_{name}"] == pytest.approx(metrics.auroc(again.score(name, "super"), seen))
-    from hier_tl import checkpoint
-    from hier_tl.predict import Predictor
-    from hier_tl.split import make_split
+    from hier_tl.data.split import make_split
+    from hier_tl.predict.predict import Predictor
+    from hier_tl.train import checkpoint
 
     assert checkpoint.load(saved["p"])["bank"]["bank_ref"].shape[1] == 1280
     p = Predictor.from_checkpoint(saved["p"])

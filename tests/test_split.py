@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from hier_tl.split import make_split
-from hier_tl.taxonomy import NOVEL
+from hier_tl.data.split import make_split
+from hier_tl.data.taxonomy import NOVEL
 
 
 def test_deterministic_and_stratified(synth_ds):

@@ -2,8 +2,7 @@
 
 import pytest
 
-from hier_tl.storage import Storage
-from hier_tl.sweep import SweepConfig
+from hier_tl.results.storage import Storage
 
 
 def test_local_storage_round_trip(tmp_path):
@@ -32,24 +31,11 @@ def test_object_store_uri_goes_through_pyarrow():
 
 @pytest.mark.parametrize("name", ["../x", "/abs", "a/b", "..", "", ".hidden", "x y"])
 def test_names_are_single_path_segments(tmp_path, name):
-    from hier_tl.errors import ConfigError
+    from hier_tl.core.errors import ConfigError
     with pytest.raises(ConfigError, match="not a valid sweep name"):
         Storage(str(tmp_path), name)
     assert list(tmp_path.iterdir()) == []  # nothing written outside (or inside) the storage
 
 
-def _fake_ray(monkeypatch, hosts, resources):
-    import ray
-    monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
-    monkeypatch.setattr(ray, "nodes", lambda: [{"NodeManagerAddress": h, "Alive": True} for h in hosts])
 
 
-def test_node_local_storage_is_refused_on_a_multi_host_cluster(monkeypatch, tmp_path):
-    from hier_tl.errors import SweepError
-    from hier_tl.runner import check_cluster
-    _fake_ray(monkeypatch, ["10.0.0.1", "10.0.0.2"], {"CPU": 8})
-    with pytest.raises(SweepError, match="node-local path"):
-        check_cluster(SweepConfig(), Storage(str(tmp_path), "x"))
-    check_cluster(SweepConfig(), Storage("s3://b/p?region=us-east-1", "x"))  # object storage is fine
-    _fake_ray(monkeypatch, ["127.0.0.1", "127.0.0.1"], {"CPU": 8})
-    check_cluster(SweepConfig(), Storage(str(tmp_path), "x"))  # nodes on one host share its disk

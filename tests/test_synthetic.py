@@ -6,7 +6,7 @@ import os
 import pandas as pd
 
 from hier_tl.cli import main
-from hier_tl.data import load_dataset
+from hier_tl.data.dataset import load_dataset
 
 
 def _tree(d):

@@ -13,7 +13,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from hier_tl.tables import PartsTable, read_table
+from hier_tl.results.tables import PartsTable, read_table
 
 KEY = ("trial_id", "epoch")
 

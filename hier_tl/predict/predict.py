@@ -1,0 +1,178 @@
+"""Pick the best trial of a sweep, and write the final predictions CSV (`image,superclass_index,subclass_index`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..core.errors import HierTLError, SelectionError
+from ..core.fileio import write_text
+from ..data.images import load_images
+from ..data.taxonomy import LabelSpace
+from ..results.reading import (
+    Results,
+    best_per_variant,
+    load_results,
+    select,
+    trial_checkpoint,
+)
+from ..results.storage import local_path
+from ..train import checkpoint
+from ..train.novelty import needs_reference
+from ..train.outputs import Outputs
+from ..train.train_config import TrainConfig
+from ..train.trainer import infer, reference_features
+from .refit import refit
+
+
+def _bank(saved) -> dict | None:
+    """The checkpoint's training bank; checkpoints before backbone-feature scores kept the projection only."""
+    return {"bank": saved} if isinstance(saved, torch.Tensor) else saved
+
+
+UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass
+class Predictor:
+    model: torch.nn.Module
+    space: LabelSpace
+    norm: tuple
+    size: int
+    data_side: int
+    score: str
+    thr_super: float
+    thr_sub: float
+    precision: str = "auto"
+    bank: dict | None = None  # the training bank (Outputs.bank_state()), for feature-space scores
+    tta: bool = False  # mirror-image averaging, as the model was validated
+    reference: TrainConfig | None = None  # the trial's config, when its score needs reference features
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict | Path | str, threshold: float | None = None, device: str = "cpu",
+                        name: str = "checkpoint") -> "Predictor":
+        """From a loaded checkpoint (or its path). Thresholds: `threshold`, else the per-level values the
+        trial resolved at its last epoch (a `tpr:` or `best` rule needs validation scores to resolve)."""
+        if not isinstance(ckpt, dict):
+            name, ckpt = str(ckpt), checkpoint.load(ckpt)
+        model, cfg, space, norm = checkpoint.model_from(ckpt, device, name)
+        last = ckpt["history"][-1] if ckpt.get("history") else {}
+        thr_sup = threshold if threshold is not None else last.get("threshold_super")
+        thr_sub = threshold if threshold is not None else last.get("threshold_sub")
+        if thr_sup is None or thr_sub is None:
+            raise HierTLError(f"{name}: records no resolved thresholds; pass --threshold VALUE")
+        side = int(ckpt.get("data_side", 64))
+        return cls(model, space, norm, cfg.image_size or side, side, cfg.novelty_score, float(thr_sup), float(thr_sub),
+                   cfg.precision, _bank(ckpt.get("bank")), cfg.tta,
+                   cfg if needs_reference(cfg.novelty_score) else None)
+
+    def predict(self, images: torch.Tensor, batch: int = 512, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images -> mapping-file indices (novel indices where novel), both levels."""
+        from ..train.novelty import predict as rule
+
+        parts, t0 = [], time.time()
+        for start in range(0, len(images), batch):
+            parts.append(infer(self.model, images[start:start + batch], self.norm, self.size, batch, self.precision,
+                               self.tta))
+            if progress:
+                _bar(min(start + batch, len(images)), len(images), time.time() - t0)
+        if not parts:
+            parts.append(infer(self.model, images, self.norm, self.size, batch, self.precision, self.tta))
+        a, b, f, h = (torch.cat(p) for p in zip(*parts))
+        out = Outputs(a, b, space=self.space, feats=f, backbone_feats=h, **(self.bank or {}))
+        if self.reference is not None:
+            device = next(self.model.parameters()).device
+            out = replace(out, ref_feats=reference_features(self.reference, images.to(device)))
+        sups, subs = rule(out, self.space, self.score, self.thr_super, self.thr_sub)  # scored once, all images
+        return self.space.decode(sups, subs)
+
+
+def _bar(done: int, total: int, elapsed: float) -> None:
+    width = 30
+    fill = int(width * done / max(total, 1))
+    end = "\n" if done >= total else ""
+    sys.stderr.write(f"\rpredict [{'#' * fill}{'.' * (width - fill)}] {done}/{total} images {elapsed:5.1f}s{end}")
+    sys.stderr.flush()
+
+
+def write_predictions(predictor: Predictor, images_dir: Path | str, out: Path | str) -> int:
+    """Predict every readable image in `images_dir` into a CSV written atomically; every image left out
+    (unreadable, or a file name with control characters no CSV reader takes back) is reported. Returns rows."""
+    imgs = load_images(images_dir, predictor.data_side)  # decoded as the training images were
+    for note in imgs.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    keep = [i for i, n in enumerate(imgs.names) if not UNSAFE_NAME.search(n) and _encodable(n)]
+    bad = [imgs.names[i] for i in range(len(imgs.names)) if i not in set(keep)]
+    if bad:
+        print(f"warning: {len(bad)} image(s) skipped: their file names hold control characters or bytes that "
+              f"are not UTF-8, which a CSV cannot carry safely: {', '.join(ascii(n) for n in bad[:10])}",
+              file=sys.stderr)
+    if imgs.failed:
+        print(f"warning: {len(imgs.failed)} image(s) could not be read and have no prediction: "
+              + "; ".join(f"{n} ({why[:80]})" for n, why in list(imgs.failed.items())[:10]), file=sys.stderr)
+    if not keep:
+        print(f"warning: no readable image in {images_dir}: writing a header-only CSV", file=sys.stderr)
+    sup, sub = predictor.predict(imgs.images[keep]) if keep else (torch.empty(0), torch.empty(0))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image", "superclass_index", "subclass_index"])
+    w.writerows(zip([imgs.names[i] for i in keep], sup.tolist(), sub.tolist()))
+    write_text(out, buf.getvalue())
+    return len(keep)
+
+
+def _encodable(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def chosen_trials(res: Results, trial_id: str | None, all_variants: bool) -> list[pd.Series]:
+    """The trials `predict` uses: one by id, the best of each backbone x depth, or the sweep's best."""
+    trials = res.trials
+    if trial_id:
+        match = trials[trials.trial_id == trial_id]
+        if match.empty:
+            raise SelectionError(f"no trial {trial_id!r} in {res.storage.uri}; trials: {', '.join(trials.trial_id)}")
+        return [match.iloc[0]]
+    if all_variants:
+        return best_per_variant(trials[trials.epochs_run > 0], res.metric, res.mode)
+    return [select(trials, res.metric, res.mode)]
+
+
+def run(source: str, images: str, out: str, trial_id: str | None = None, threshold: float | None = None,
+        do_refit: bool = False, data_dir: str | None = None, all_variants: bool = False, epoch: str = "last",
+        log=print) -> list[tuple]:
+    """`hier-tl predict`: a run folder's checkpoint, or trial(s) of a sweep (local or object storage)."""
+    run_dir = local_path(source)
+    if run_dir is not None and (run_dir / "checkpoint.pt").is_file() and not (run_dir / "trials.parquet").is_file():
+        if trial_id or all_variants or do_refit:
+            raise SelectionError("--trial, --all-variants and --refit need a sweep results folder, not a run folder")
+        jobs = [(checkpoint.load(run_dir / "checkpoint.pt"), str(run_dir / "checkpoint.pt"), Path(out))]
+    else:
+        res, jobs = load_results(source, tables=()), []
+        for t in chosen_trials(res, trial_id, all_variants):
+            o = Path(out)
+            path = o.with_name(f"{o.stem}_{t['backbone']}_{t['depth']}{o.suffix}") if all_variants else o
+            ckpt, where = (refit(res, t, data_dir, log), f"refit of {t['trial_id']}") if do_refit else \
+                trial_checkpoint(res.storage, t, epoch)
+            log(f"trial {t['trial_id']} ({t['backbone']}/{t['depth']}) -> {path}")
+            jobs.append((ckpt, where, path))
+    done = []
+    for ckpt, where, path in jobs:
+        predictor = Predictor.from_checkpoint(ckpt, threshold, name=where)
+        n = write_predictions(predictor, images, path)
+        log(f"wrote {path}: {n} images (thresholds {predictor.score}: superclass {predictor.thr_super:.4g}, "
+            f"subclass {predictor.thr_sub:.4g})")
+        done.append((path, n))
+    return done

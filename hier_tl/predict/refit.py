@@ -1,0 +1,68 @@
+"""`predict --refit`: retrain a sweep trial's configuration on every class before predicting, and
+recalibrate its thresholds on held-back images of the refit model."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pandas as pd
+
+from ..core.config import Threshold, from_dict
+from ..core.errors import SelectionError
+from ..data.synthetic import SynthSpec, load_source
+from ..results.reading import Results, trial_checkpoint
+from ..train import checkpoint
+from ..train.train_config import TrainConfig
+from ..train.trainer import fit
+
+CALIBRATION = 0.1  # fraction of the images a refit holds back to recalibrate a `tpr:` threshold
+
+
+def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print) -> dict:
+    """Retrain the trial's config on all classes (no hold-out) for the epochs it ran, printing a line per
+    epoch, and save it as refit/<trial>/checkpoint.pt in the sweep. Thresholds: a similarity threshold of
+    one model does not transfer to another, so a `tpr:P` rule is resolved again on held-back calibration
+    images (10%, stratified) of the refit model; a number or `best` keeps the sweep trial's value (per
+    level, with `SUPER/SUB` rules). The checkpoint records which (`calibration`)."""
+    ckpt, _ = trial_checkpoint(res.storage, trial)
+    cfg = from_dict(TrainConfig, ckpt["config"])
+    last = ckpt["history"][-1] if ckpt.get("history") else {}
+    thresholds = (last.get("threshold_super", math.nan), last.get("threshold_sub", math.nan))
+    if not all(math.isfinite(t) for t in thresholds):
+        raise SelectionError(f"trial {trial['trial_id']}: its checkpoint records no resolved thresholds to refit with")
+    rules, rule = Threshold.per_level(cfg.threshold), str(cfg.threshold)
+    again = [lvl for lvl, r in rules.items() if r.kind == "tpr"]  # levels recalibrated; the others keep theirs
+    recalibrate = bool(again)
+    kept = "/".join(str(r) if r.kind == "tpr" else repr(float(t)) for r, t in zip(rules.values(), thresholds))
+    refit_cfg = cfg.replace(epochs=int(trial["epochs_run"]), holdout_subclasses=0, holdout_superclasses=0, folds=1,
+                            val_fraction=CALIBRATION if recalibrate else 0.0,
+                            threshold=kept if recalibrate else thresholds[0])
+    source = data_dir or res.meta.get("data", "synthetic")
+    synth = from_dict(SynthSpec, res.meta.get("synthetic") or {})
+    log(f"refit: {refit_cfg.backbone}/{refit_cfg.depth} for {refit_cfg.epochs} epochs on every class ({source})"
+        + (f", {CALIBRATION:.0%} held back to recalibrate {rule}" if recalibrate else ""))
+    data, saved, t0 = load_source(source, synth), {}, time.time()
+
+    def report(r) -> None:
+        saved["state"] = r.state()
+        log(f"refit epoch {r.metrics['epoch']}/{refit_cfg.epochs}: train loss {r.metrics['train_loss']:.3f}, "
+            f"{r.metrics['images_per_s']:.0f} img/s, {time.time() - t0:.0f} s")
+
+    fit(refit_cfg, data, report)
+    state = saved["state"]
+    final = state["history"][-1]
+    if recalibrate:
+        state["calibration"] = {"method": "held-back calibration images", "fraction": CALIBRATION, "rule": rule,
+                                "levels": again, "sweep_thresholds": list(thresholds)}
+    else:
+        final.update(threshold_super=thresholds[0], threshold_sub=thresholds[1])
+        state["calibration"] = {"method": "the sweep trial's thresholds", "rule": rule}
+    log(f"refit: thresholds superclass {final['threshold_super']:.4g}, subclass {final['threshold_sub']:.4g} "
+        f"({state['calibration']['method']}; the sweep trial had {thresholds[0]:.4g}, {thresholds[1]:.4g})")
+    rel = f"refit/{trial['trial_id']}/checkpoint.pt"
+    res.storage.write_bytes(rel, checkpoint.to_bytes(state))
+    log(f"refit: saved {res.storage.file_uri(rel)}")
+    return state
+
+

@@ -1,0 +1,150 @@
+"""What a sweep's results mean: the row schema, the one best-trial rule, and reading a results folder.
+
+Every row carries its resolved config (one column per key), seed and code version, so a table read on
+its own says what produced it. `load_results(uri)` reads a local folder or an s3:// / gs:// URI.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+import yaml
+
+from ..core.errors import SelectionError
+from ..core.numbers import plain
+from ..train.metrics import metric_mode
+from ..train.train_config import CONFIG_KEYS
+from .storage import Storage
+
+
+@dataclass
+class Results:
+    """A sweep's tables and definition, as read from its folder."""
+
+    storage: Storage
+    trials: pd.DataFrame
+    epochs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    thresholds: pd.DataFrame = field(default_factory=pd.DataFrame)
+    meta: dict = field(default_factory=dict)  # the stored sweep file
+
+    @property
+    def metric(self) -> str:
+        return self.meta.get("scheduler", {}).get("metric", "objective")
+
+    @property
+    def mode(self) -> str:
+        return self.meta.get("scheduler", {}).get("mode", "max")
+
+    def mode_of(self, metric: str) -> str:
+        """The sweep's mode for its own metric; the metric's natural direction for any other."""
+        return self.mode if metric == self.metric else metric_mode(metric)
+
+
+def load_results(uri: str, tables: tuple[str, ...] = ("epochs", "thresholds")) -> Results:
+    """Read the sweep folder at `uri` (local or object storage): trials, epochs, thresholds, sweep.yaml."""
+    st = Storage.open(uri)
+    if not st.exists("trials.parquet"):
+        raise SelectionError(f"{uri}: no trials.parquet here (expected a sweep results folder, <storage>/<name>/, "
+                             "as printed at the end of `hier-tl sweep`)")
+    meta = yaml.safe_load(st.read_text("sweep.yaml")) if st.exists("sweep.yaml") else {}
+    res = Results(st, st.read("trials"), meta=meta or {})
+    for name in tables:
+        setattr(res, name, st.read(name))
+    return res
+
+
+def metric_column(trials: pd.DataFrame, metric: str) -> str:
+    for col in (f"final_{metric}", metric):
+        if col in trials:
+            return col
+    options = sorted(c.removeprefix("final_") for c in trials.columns if c.startswith("final_"))
+    if not options:
+        raise SelectionError("no trial has reported an epoch yet, so there is no metric to rank by "
+                             "(has any trial reported an epoch yet? `hier-tl report` shows the sweep's state)")
+    raise SelectionError(f"no metric {metric!r} in trials.parquet; metrics: {', '.join(options)}")
+
+
+def best_trial(trials: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
+    """THE rule, used by the progress line, the table, `best` and `predict`: the trial whose final-epoch
+    `metric` (what its last checkpoint delivers) is best for `mode`; ties go to the earlier trial;
+    trials without a value never win. None when no trial has a value."""
+    col = next((c for c in (f"final_{metric}", metric) if c in trials), None)
+    if col is None:
+        return None
+    values = pd.to_numeric(trials[col], errors="coerce")
+    values = values[values.notna() & values.map(lambda v: math.isfinite(v))]
+    if values.empty:
+        return None
+    return trials.loc[values.idxmax() if mode == "max" else values.idxmin()]
+
+
+def best_per_variant(trials: pd.DataFrame, metric: str, mode: str, keys=("backbone", "depth")) -> list[pd.Series]:
+    """The best trial (by `best_trial`) of each group of `keys`, in first-seen group order."""
+    out = []
+    for _, group in trials.groupby(list(keys), sort=False):
+        best = best_trial(group, metric, mode)
+        out.append(group.iloc[0] if best is None else best)
+    return out
+
+
+def select(trials: pd.DataFrame, metric: str, mode: str, where: list[str] | None = None) -> pd.Series:
+    """The best trial among those matching every `key=value` of `where`; SelectionError if none."""
+    df = trials
+    for cond in where or []:
+        if "=" not in cond:
+            raise SelectionError(f"--where {cond!r}: expected key=value")
+        key, value = cond.split("=", 1)
+        if key not in df:
+            raise SelectionError(f"--where {key}: no such column in trials.parquet")
+        df = df[df[key].astype(str) == value]
+    metric_column(trials, metric)
+    best = best_trial(df, metric, mode)
+    if best is None:
+        raise SelectionError(f"no trial with a value for {metric!r} matches {' and '.join(where or []) or 'anything'}"
+                             " (has any trial reported an epoch yet?)")
+    return best
+
+
+
+def best_document(trial: pd.Series, checkpoint: str) -> dict:
+    """What `hier-tl best` prints: the trial's config, final metrics and checkpoint."""
+    return {"trial_id": trial["trial_id"], "status": trial["status"], "checkpoint": checkpoint,
+            "config": {k: plain(trial[k]) for k in trial.index if k in CONFIG_KEYS},
+            "metrics": {k.removeprefix("final_"): plain(trial[k]) for k in trial.index if k.startswith("final_")},
+            "epochs_run": int(trial["epochs_run"])}
+
+
+def checkpoints(st: Storage, trial: pd.Series) -> list[str]:
+    """The trial's checkpoint files (relative to the sweep folder), newest first."""
+    tdir = str(trial.get("trial_dir") or "")
+    if not tdir:
+        return []
+    dirs = [d for d in st.listdir(tdir) if d.startswith("checkpoint_")]
+    return [f"{tdir}/{d}/checkpoint.pt" for d in sorted(dirs, reverse=True)]
+
+
+def trial_checkpoint(st: Storage, trial: pd.Series, epoch: str = "last") -> tuple[dict, str]:
+    """The trial's checkpoint, loaded, and its URI: `last` = the newest written completely (a truncated
+    newest one, from a full disk or a killed upload, is skipped with a warning); `best` = the one of the
+    trial's best epoch by the sweep metric (kept beside the last)."""
+    import sys
+
+    from ..core.errors import CheckpointError
+    from ..train import checkpoint
+
+    want = None if epoch == "last" else int(trial.get("best_epoch") or -1)
+    for rel in checkpoints(st, trial):
+        try:
+            ckpt = checkpoint.load(st.read_bytes(rel), name=st.file_uri(rel))
+        except CheckpointError as e:
+            print(f"warning: skipping {e}", file=sys.stderr)
+            continue
+        if want is None or int(ckpt["epoch"]) == want:
+            return ckpt, st.file_uri(rel)
+    where = st.file_uri(str(trial.get("trial_dir") or "?"))
+    if want is not None:
+        raise SelectionError(f"trial {trial['trial_id']}: no complete checkpoint of its best epoch ({want}) under "
+                             f"{where} (sweeps before hier-tl kept it hold the last only: use --epoch last)")
+    raise SelectionError(f"trial {trial['trial_id']} has no complete checkpoint under {where}")

@@ -1,0 +1,149 @@
+"""Where a sweep's results live: `<root>/<name>/` on a local disk or in object storage (s3://, gs://, with
+query parameters such as `endpoint_override` kept), read and written through one pyarrow filesystem.
+
+Tables: `trials.parquet` (one small file, rewritten when it changes) and the append-only `epochs/` and
+`thresholds/` folders of Parquet parts (`tables.PartsTable`); readers see them as one table each.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from ..core.errors import StorageError
+from ..core.fileio import check_name, describe, write_atomic
+from .tables import PartsTable, read_table
+
+KEYS = {"trials": ("trial_id",), "epochs": ("trial_id", "epoch"),
+        "thresholds": ("trial_id", "epoch", "score", "threshold")}
+
+
+def is_uri(text: str) -> bool:
+    return "://" in str(text) and not str(text).startswith("file://")
+
+
+class Storage:
+    """One sweep folder. `uri` is the exact string to pass back to report / best / predict / --resume."""
+
+    def __init__(self, root: str, name: str):
+        self.name = check_name(name)
+        root = str(root)
+        if is_uri(root):
+            try:
+                self.fs, base = pafs.FileSystem.from_uri(root)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as e:
+                raise StorageError(f"--storage {root}: not a storage URI pyarrow can open ({e})") from None
+            parts = urlsplit(root)
+            self._query = f"?{parts.query}" if parts.query else ""
+            self._scheme = parts.scheme
+        else:
+            self.fs, base = pafs.LocalFileSystem(), str(Path(root.removeprefix("file://")).expanduser().resolve())
+            self._query = self._scheme = ""
+        self.root = base.rstrip("/")
+        self.exp = f"{self.root}/{self.name}"
+
+    @classmethod
+    def open(cls, uri: str) -> "Storage":
+        """The sweep folder at `uri` (what a sweep prints as its results)."""
+        uri = str(uri)
+        parts = urlsplit(uri) if is_uri(uri) else None
+        path = (parts.path if parts else str(Path(uri).expanduser().resolve())).rstrip("/")
+        head, _, name = path.rpartition("/")
+        if parts:
+            root = f"{parts.scheme}://{parts.netloc}{head}" + (f"?{parts.query}" if parts.query else "")
+        else:
+            root = head or "/"
+        return cls(root, name)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    @property
+    def uri(self) -> str:
+        return self.exp if self.is_local else f"{self._scheme}://{self.exp}{self._query}"
+
+    @property
+    def root_uri(self) -> str:
+        return self.root if self.is_local else f"{self._scheme}://{self.root}{self._query}"
+
+    def file_uri(self, rel: str) -> str:
+        """A file of the sweep as a URI (query parameters after the path)."""
+        return self.path(rel) if self.is_local else f"{self._scheme}://{self.path(rel)}{self._query}"
+
+    def path(self, rel: str) -> str:
+        return f"{self.exp}/{rel}"
+
+    def exists(self, rel: str = "") -> bool:
+        return self.guard(lambda: self.fs.get_file_info(self.path(rel).rstrip("/")).type != pafs.FileType.NotFound,
+                          "read")
+
+    def read_bytes(self, rel: str) -> bytes:
+        def read():
+            with self.fs.open_input_stream(self.path(rel)) as f:
+                return f.read()
+        return self.guard(read, "read", rel)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Atomic: a temporary file and a move, or one PUT to an object store."""
+        if self.is_local:
+            self.fs.create_dir(self.path(rel).rpartition("/")[0], recursive=True)
+        self.guard(lambda: write_atomic(self.fs, self.path(rel), data), "write", rel)
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode()
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode())
+
+    def delete(self, rel: str) -> None:
+        self.guard(lambda: self.fs.delete_file(self.path(rel)), "delete", rel)
+
+    def listdir(self, rel: str = "") -> list[str]:
+        """Names directly under `rel` (empty when it does not exist)."""
+        sel = pafs.FileSelector(self.path(rel).rstrip("/"), allow_not_found=True)
+        return sorted(i.base_name for i in self.guard(lambda: self.fs.get_file_info(sel), "list", rel))
+
+    def local_dir(self, rel: str) -> Path | None:
+        """A folder of the sweep as a local path (None in object storage), for what needs a real file system."""
+        return Path(self.path(rel)) if self.is_local else None
+
+    def remove_all(self) -> None:
+        """Delete the whole sweep folder (a start that was refused before any trial ran)."""
+        self.guard(lambda: self.fs.delete_dir(self.exp) if self.exists() else None, "delete")
+
+    def table(self, name: str, **kw) -> PartsTable:
+        return self.guard(lambda: PartsTable(self.fs, self.exp, name, KEYS[name], **kw), "write", name)
+
+    def write_trials(self, rows: list[dict]) -> None:
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False), buf)
+        self.write_bytes("trials.parquet", buf.getvalue())
+
+    def read(self, name: str) -> pd.DataFrame:
+        """A results table as one DataFrame (empty if the sweep has none yet)."""
+        if name == "trials":
+            if not self.exists("trials.parquet"):
+                return pd.DataFrame()
+            return pq.read_table(io.BytesIO(self.read_bytes("trials.parquet"))).to_pandas()
+        return self.guard(lambda: read_table(self.fs, self.exp, name, KEYS[name]), "read", name)
+
+    def guard(self, fn, what: str, rel: str = ""):
+        """Run `fn`; a filesystem failure becomes one StorageError line naming this folder."""
+        try:
+            return fn()
+        except (OSError, pa.ArrowException) as e:
+            why = describe(e) if isinstance(e, OSError) and e.errno else \
+                (str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+            raise StorageError(f"cannot {what} {self.file_uri(rel) if rel else self.uri}: {why}") from None
+
+
+def local_path(uri: str) -> Path | None:
+    """A local folder for `uri`, or None for an object-store URI."""
+    return None if is_uri(uri) else Path(str(uri).removeprefix("file://")).expanduser()

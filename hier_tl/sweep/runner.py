@@ -1,0 +1,198 @@
+"""Start (or resume) a sweep on Ray Tune.
+
+Before Ray starts, everything that can be checked is: the sweep file (`SweepConfig.validate`: keys, ranges,
+samplers, Ray's own constraints), the name, the results folder's state (new, or resumable and unchanged),
+the lease, the dataset and its memory. A start refused after that (the cluster lacks GPUs...) leaves
+nothing behind, so the corrected command runs under the same name. Ray's own log lines go to
+`<sweep>/logs/ray.log` (a local folder: the cache's `logs/` when results live in object storage).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from pathlib import Path
+
+import yaml
+
+from ..core.errors import Interrupted, StorageError, SweepError
+from ..core.fileio import cache_dir
+from ..core.version import code_version
+from ..core.yamlio import loads
+from ..data.dataset import Dataset
+from ..data.synthetic import load_source
+from ..results import integrity
+from ..results.lease import Lease
+from ..results.reading import Results, load_results
+from ..results.storage import Storage
+from . import raycompat
+from .board import BOARD, start_board
+from .cluster import check_cluster, machine_memory, start_ray, stop_ray
+from .recorder import Recorder
+from .space import SEARCHERS, expected_trials, param_space
+from .sweep_config import SweepConfig
+from .trainable import TrialSpec, trainable
+
+IGNORED_ON_RESUME = ("storage", "smoke", "name", "hier_tl_version", "git_commit")
+OURS = ("sweep.yaml", ".hier_tl-lease")  # what a refused start may have written into an existing folder
+
+
+def trial_spec(sweep: SweepConfig, storage: Storage) -> TrialSpec:
+    """What each trial needs of the sweep (a trial never sees the sweep file)."""
+    shared = storage.local_dir("shared_runs") if sweep.threshold_only_keys else None
+    return TrialSpec(base=dict(sweep.base), scores=sweep.scores_reported(), grid_scores=tuple(sweep.novelty.scores),
+                     grid_thresholds=tuple(sweep.novelty.thresholds), metric=sweep.scheduler.metric,
+                     mode=sweep.scheduler.mode, shared_runs=str(shared) if shared else None, progress=BOARD)
+
+
+def build_tuner(sweep: SweepConfig, storage: Storage, data: Dataset, resume: bool, recorder: Recorder):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    fs = integrity.signing_fs(storage.fs, storage.exp)
+    train_fn = tune.with_resources(tune.with_parameters(trainable, spec=trial_spec(sweep, storage), data=data),
+                                   {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
+    if resume:
+        tuner = tune.Tuner.restore(storage.exp, train_fn, resume_unfinished=True, resume_errored=False,
+                                   storage_filesystem=fs)
+        raycompat.set_callbacks(tuner, [recorder])
+        return tuner
+    sc = sweep.scheduler
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=sweep.max_epochs, grace_period=sc.grace_period,
+                               reduction_factor=sc.reduction_factor) if sc.kind == "asha" else FIFOScheduler())
+    limit_concurrency = SEARCHERS.meta(sweep.search.algo).get("needs_space")
+    return tune.Tuner(
+        train_fn, param_space=param_space(sweep),
+        tune_config=tune.TuneConfig(metric=sc.metric, mode=sc.mode, search_alg=SEARCHERS.get(sweep.search.algo)(sweep),
+                                    scheduler=scheduler, num_samples=sweep.num_samples, reuse_actors=True,
+                                    max_concurrent_trials=sweep.max_concurrent if limit_concurrency else None),
+        run_config=tune.RunConfig(
+            name=sweep.name, storage_path=storage.root, storage_filesystem=fs, verbose=0, callbacks=[recorder],
+            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            # the last checkpoint (Ray always keeps the latest) and the best one by the sweep metric
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=sc.metric,
+                                                    checkpoint_score_order=sc.mode)))
+
+
+def check_folder(sweep: SweepConfig, storage: Storage, resume: bool) -> None:
+    """A new sweep needs an unused name; a resumed one its own folder, unchanged definition and signed state."""
+    if not resume:
+        if storage.exists("sweep.yaml") or storage.exists("trials.parquet"):
+            raise SweepError(f"{storage.uri} already holds a sweep named {sweep.name!r}: pass --resume to continue "
+                             "it, or --name NEW to start another")
+        return
+    if not storage.exists("sweep.yaml"):
+        raise SweepError(f"nothing to resume at {storage.uri}: no sweep named {sweep.name!r} was started there")
+    stored = loads(storage.read_text("sweep.yaml"), storage.file_uri("sweep.yaml"))
+    if not isinstance(stored, dict):
+        raise SweepError(f"{storage.file_uri('sweep.yaml')} is not a sweep definition hier-tl wrote; cannot resume")
+    diffs = _differences(stored, dataclasses.asdict(sweep))
+    if diffs:
+        raise SweepError(f"--resume continues the sweep as it was defined, but this sweep file differs from the one "
+                         f"stored in {storage.uri}/sweep.yaml: " + "; ".join(diffs[:6]) +
+                         ". Resume with the original file and options, or start the changed sweep with --name NEW.")
+    integrity.verify(storage.fs, storage.exp, storage.uri)
+
+
+def _differences(stored: dict, now: dict, where: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(stored) | set(now)):
+        if not where and k in IGNORED_ON_RESUME:
+            continue
+        a, b = stored.get(k), now.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{where}{k}.")
+        elif a != b:
+            out.append(f"{where}{k}: {a!r} stored, {b!r} now")
+    return out
+
+
+def log_path(storage: Storage) -> Path:
+    """Where Ray's own log lines go: the sweep folder when it is local, else the local cache."""
+    return Path(storage.exp) / "logs" / "ray.log" if storage.is_local else \
+        cache_dir() / "logs" / f"{storage.name}-{time.strftime('%Y%m%d-%H%M%S')}-ray.log"
+
+
+def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = False, resume_cmd: str = "") -> Results:
+    """Run (or resume) a sweep; returns its results. Raises HierTLError subclasses with one-line messages."""
+    storage = Storage(sweep.storage, sweep.name)
+    sweep.storage = storage.root_uri  # absolute: trials run in other working directories
+    check_folder(sweep, storage, resume)
+    existed = storage.exists()
+    lease = Lease(storage)
+    lease.acquire()
+    t0, recorder = time.time(), None
+    try:
+        data = load_source(sweep.data, sweep.synthetic)
+        sweep.check_memory(len(data), data.images.shape[-1], *machine_memory())
+        print(f"data: {len(data)} images decoded once ({time.time() - t0:.1f} s); results: {storage.uri}", flush=True)
+        recorder = Recorder(storage, sweep, lease=lease, log=log_path(storage))
+        _fit(sweep, storage, data, resume, address, recorder)
+    except BaseException:
+        if not resume and not (recorder and recorder.started):
+            _forget_refused_start(storage, existed)
+        raise
+    finally:
+        lease.release()
+    return _conclude(sweep, storage, resume_cmd, time.time() - t0)
+
+
+def _forget_refused_start(storage: Storage, existed: bool) -> None:
+    """A start refused before any trial ran leaves nothing behind: the folder, if this start made it, or else
+    the files it wrote."""
+    try:
+        if not existed:
+            storage.remove_all()
+        else:
+            for rel in OURS:
+                if storage.exists(rel):
+                    storage.delete(rel)
+    except StorageError:
+        pass  # the refusal's own message matters more
+
+
+def _fit(sweep: SweepConfig, storage: Storage, data: Dataset, resume: bool, address: str | None,
+         recorder: Recorder) -> None:
+    with raycompat.ray_logs_to(recorder.log):
+        start_ray(address, recorder.log)
+        try:
+            check_cluster(sweep, storage)
+            recorder.board = start_board()
+            if not resume:
+                storage.write_text("sweep.yaml", yaml.safe_dump({**dataclasses.asdict(sweep), **code_version()},
+                                                                sort_keys=False))
+            fs = integrity.signing_fs(storage.fs, storage.exp)
+            with raycompat.follow_folder(fs, storage.root, storage.name) if resume else contextlib.nullcontext():
+                build_tuner(sweep, storage, data, resume, recorder).fit()
+        except Exception as e:  # noqa: BLE001 - a storage failure inside Tune arrives wrapped
+            cause = recorder.failure or _storage_cause(e)
+            if cause is not None:
+                raise cause from None
+            raise
+        finally:
+            stop_ray(recorder.log)
+
+
+def _storage_cause(e: BaseException) -> StorageError | None:
+    while e is not None:
+        if isinstance(e, StorageError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _conclude(sweep: SweepConfig, storage: Storage, resume_cmd: str, elapsed: float) -> Results:
+    res = load_results(storage.uri)
+    trials = res.trials
+    if trials.empty:
+        raise SweepError("no trial reported anything")
+    counts = trials.status.value_counts().to_dict()
+    print(f"sweep {sweep.name!r} finished in {elapsed:.0f} s: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    if counts.get("interrupted") or len(trials) < expected_trials(sweep):
+        raise Interrupted(f"sweep {sweep.name!r} interrupted: resume with\n  "
+                          f"{resume_cmd or 'hier-tl sweep SWEEP.yaml --name ' + sweep.name} --resume")
+    if (trials.status == "errored").all():
+        errs = "\n".join(f"  {r.trial_id}: {r.error}" for r in trials.itertuples())
+        raise SweepError(f"every trial failed:\n{errs}")
+    return res

@@ -1,0 +1,27 @@
+"""predict.refit: retraining a trial's configuration on every class, with its thresholds recalibrated."""
+import pandas as pd
+import pytest
+
+from hier_tl.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_predict_with_refit(sweep, tmp_path):
+    results, data = sweep
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(results), "--images", str(data / "test_images"), "--out", str(out), "--refit"]) == 0
+    assert len(pd.read_csv(out)) == len(pd.read_csv(data / "test_labels.csv"))
+    assert any((results / "refit").iterdir())
+    # a tpr rule is resolved again for the refit model, on held-back calibration images, and recorded
+    from hier_tl.predict.predict import Predictor
+    from hier_tl.train import checkpoint
+    path = next((results / "refit").glob("*/checkpoint.pt"))
+    ckpt = checkpoint.load(path)
+    assert ckpt["calibration"]["method"] == "held-back calibration images" and ckpt["calibration"]["rule"] == "tpr:0.95"
+    assert ckpt["config"]["val_fraction"] == 0.1 and ckpt["config"]["holdout_subclasses"] == 0
+    p = Predictor.from_checkpoint(path)
+    last = ckpt["history"][-1]
+    assert (p.thr_super, p.thr_sub) == (last["threshold_super"], last["threshold_sub"])
+    assert last["seen_sub_acc"] == last["seen_sub_acc"]  # calibration images exist (not NaN)
+    assert not list((results / "refit").glob("*/*.tmp"))
