@@ -63,7 +63,7 @@ def _pct(x: float) -> str:
 
 
 def cmd_sweep(args) -> int:
-    from .analysis.report import comparison_table, format_table
+    from .analysis.report import comparison_table, deciding, format_table
     from .results.storage import Storage
     from .sweep.runner import run_sweep
     from .sweep.sweep_config import load_sweep
@@ -79,8 +79,9 @@ def cmd_sweep(args) -> int:
     argv = ["hier-tl", "sweep", args.sweep, "--name", sweep.name] + (["--smoke"] if args.smoke else []) + \
         [f"--{k}={v}" for k, v in (("data", args.data), ("storage", storage), ("address", args.address)) if v] + \
         [f"--set={x}" for x in args.set]
-    res = run_sweep(sweep, args.address, args.resume, " ".join(shlex.quote(a) for a in argv))
-    print(format_table(comparison_table(res.trials, res.metric, res.mode)))
+    command = " ".join(shlex.quote(a) for a in ["hier-tl", *args.argv])
+    res = run_sweep(sweep, args.address, args.resume, " ".join(shlex.quote(a) for a in argv), command, args.sweep)
+    print(format_table(comparison_table(res.trials, res.metric, res.mode, deciding(res))))
     print(f"results: {res.storage.uri}\n  (pass exactly this to hier-tl report / best / predict / export)")
     return 0
 
@@ -88,7 +89,7 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from .analysis.report import format_table, write_report
 
-    table, state, out = write_report(args.results, args.out)
+    table, state, out = write_report(args.results, args.out, " ".join(shlex.quote(a) for a in ["hier-tl", *args.argv]))
     print(f"sweep state: {state}")
     print(format_table(table))
     print(f"wrote {out / 'report.md'} and report.html")
@@ -100,12 +101,14 @@ def cmd_best(args) -> int:
 
     import yaml
 
+    from .results.protocols import decision, within
     from .results.reading import best_document, load_results, select, trial_checkpoint
 
     res = load_results(args.results, tables=())
-    best = select(res.trials, args.metric, args.mode or res.mode_of(args.metric), args.where)
+    label = decision(res.trials, res.meta, args.protocol)
+    best = select(within(res.trials, label), args.metric, args.mode or res.mode_of(args.metric), args.where)
     state, ckpt = trial_checkpoint(res.storage, best, args.epoch)
-    doc = {**best_document(best, ckpt), "checkpoint_epoch": int(state["epoch"])}
+    doc = {**best_document(best, ckpt), "protocol": label, "checkpoint_epoch": int(state["epoch"])}
     print(json.dumps(doc, indent=2) if args.format == "json" else yaml.safe_dump(doc, sort_keys=False), end="")
     return 0
 
@@ -114,7 +117,7 @@ def cmd_predict(args) -> int:
     from .predict.predict import run
 
     run(args.source, args.images, args.out, args.trial, args.threshold, args.refit, args.data, args.all_variants,
-        args.epoch)
+        args.epoch, protocol=args.protocol)
     return 0
 
 
@@ -192,6 +195,11 @@ EPOCH_HELP = ("which checkpoint of the trial: last (default, the final epoch the
               "(the epoch with the best sweep metric; kept beside the last)")
 
 
+PROTOCOL_HELP = ("the validation protocol to rank within (its label or number, as listed when a sweep has several): "
+                 "objectives of different protocols are not comparable. Default: the sweep file's decide_on, or "
+                 "the only protocol the sweep ran")
+
+
 def _add_results(sub) -> None:
     where = "sweep results folder or URI, as the sweep printed it (<storage>/<name>, s3://...?...)"
     r = sub.add_parser("report", help="comparison table, report.md / report.html and plots for a sweep",
@@ -209,6 +217,7 @@ def _add_results(sub) -> None:
                    "metric's direction (losses and fpr95 are minimised)")
     b.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                    help="only trials whose column KEY equals VALUE, e.g. backbone=resnet18 (repeatable)")
+    b.add_argument("--protocol", metavar="LABEL|N", help=PROTOCOL_HELP)
     b.add_argument("--format", choices=("yaml", "json"), default="yaml")
     b.add_argument("--epoch", choices=("last", "best"), default="last", help=EPOCH_HELP)
     b.set_defaults(fn=cmd_best)
@@ -224,6 +233,7 @@ def _add_results(sub) -> None:
                     help="first retrain the chosen config on train + validation for the epochs it ran")
     pr.add_argument("--data", help="with --refit: dataset folder (default: the sweep's data)")
     pr.add_argument("--epoch", choices=("last", "best"), default="last", help=EPOCH_HELP)
+    pr.add_argument("--protocol", metavar="LABEL|N", help=PROTOCOL_HELP)
     pr.add_argument("--all-variants", action="store_true",
                     help="one CSV per backbone x depth (its best trial), named OUT_<backbone>_<depth>.csv")
     pr.set_defaults(fn=cmd_predict)
@@ -250,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded with results: the exact command
     if args.command == "sweep":  # Ray processes a killed driver left behind
         from .sweep.raycleanup import cleanup
 

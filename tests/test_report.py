@@ -18,16 +18,16 @@ def test_report_numbers_equal_the_parquet(sweep, tmp_path, capsys):
     assert main(["report", str(results), "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "sweep state: finished" in out
-    for f in ("report.md", "report.html", "curves.png", "tradeoff.png", "rungs.png", "pareto.png",
-              "hpo_parallel.png", "hpo_history.png", "hpo_intermediate.png"):
+    for f in ("report.md", "report.html", "curves.png", "tradeoff.png", "rungs.png", "pareto_p1.png",
+              "hpo_history_p1.png", "hpo_intermediate_p1.png"):
         assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" or f.startswith("report"), f
     assert "data:image/png;base64," in (tmp_path / "report.html").read_text()  # self-contained
     from hier_tl.analysis.report import comparison_table
     trials = pd.read_parquet(results / "trials.parquet")
     table = comparison_table(trials)
-    assert len(table) == 2 and set(table.depth) == {"full", "partial"}
+    assert len(table) == 2 and set(table.depth) == {"full", "partial"} and set(table.P) == {"P1"}
     for row in table.itertuples(index=False):
-        t = trials[trials.trial_id == row[-1]].iloc[0]
+        t = trials[trials.trial_id == row[table.columns.get_loc("best trial")]].iloc[0]
         group = trials[(trials.backbone == t.backbone) & (trials.depth == t.depth)]
         assert t.final_objective == group.final_objective.max()
         assert row[table.columns.get_loc("seen super")] == t.final_seen_super_acc

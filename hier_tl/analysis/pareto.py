@@ -97,12 +97,12 @@ def _draw_level(ax: Any, thresholds: pd.DataFrame, chosen: dict | None, level: s
         ax.set_xticks([]), ax.set_yticks([])
         return False
     seen_c, novel_c = f"seen_{level}_acc", f"novel_{level}_acc"
-    ax.scatter(pts[seen_c], pts[novel_c], s=14, c="0.7", label=f"{len(pts)} operating points")
+    ax.scatter(100 * pts[seen_c], 100 * pts[novel_c], s=14, c="0.7", label=f"{len(pts)} operating points")
     front = pts[pts["pareto"]].sort_values("front_rank")
-    ax.plot(front[seen_c], front[novel_c], "-o", c="C0", ms=4, label="Pareto front")
+    ax.plot(100 * front[seen_c], 100 * front[novel_c], "-o", c="C0", ms=4, label="Pareto front")
     row = _chosen_row(thresholds, chosen)
     if row is not None and None not in (_finite(row.get(seen_c)), _finite(row.get(novel_c))):
-        x, y = float(row[seen_c]), float(row[novel_c])
+        x, y = 100 * float(row[seen_c]), 100 * float(row[novel_c])
         ax.scatter([x], [y], marker="*", s=260, c="C3", zorder=5, label="chosen")
         ax.annotate(f"{row.get('score', '')} @ {row.get('threshold', '')}\n{row['trial_id']}",
                     (x, y), xytext=(8, -18), textcoords="offset points", fontsize=8)
@@ -110,7 +110,10 @@ def _draw_level(ax: Any, thresholds: pd.DataFrame, chosen: dict | None, level: s
         ax.text(0.02, 0.02, "chosen point has no novel accuracy here", transform=ax.transAxes,
                 fontsize=8)
     ax.set(xlabel=f"seen {name} accuracy", ylabel=f"novel {name} accuracy",
-           xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+           xlim=(-2, 102), ylim=(-2, 102))
+    from matplotlib.ticker import PercentFormatter
+    ax.xaxis.set_major_formatter(PercentFormatter(decimals=0))
+    ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     return True

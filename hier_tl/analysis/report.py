@@ -1,70 +1,83 @@
-"""Turn a sweep's Parquet files into the comparison the seed paper made by hand (Table 1, Figure 1), plus
-the standard HPO panels (Optuna's, from a study rebuilt from the tables) and the seen-vs-novel trade-off
-across every trial, score and threshold with its Pareto front."""
+"""Turn a sweep's Parquet files into the comparison the seed paper made by hand (Table 1, Figure 1), one block
+per validation protocol (objectives of different protocols are not comparable: `results.protocols`), with
+the standard HPO panels (Optuna's, from a study rebuilt from the tables) and the seen-vs-novel trade-off with
+its Pareto front, under a header that says what was run: commit, date, sweep file, dataset, machine, command."""
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 from pathlib import Path
 
 import pandas as pd
 
-from ..core.fileio import atomic_path, write_text
+from ..core.fileio import write_text
+from ..results.protocols import decision, ordered, protocol_column, within
 from ..results.reading import Results, best_trial, load_results
 from ..train.registries import EPOCH_METRICS
+from . import report_pages
+from .plots import plot_curves, plot_rungs, plot_tradeoff
 
 VARIANT = ["backbone", "depth"]
-PERCENT = ("seen super", "seen sub", "novel super", "novel sub")
+PERCENT = ("objective", "seen super", "seen sub", "novel super", "novel sub", "new breeds")
 
 
 def table_columns() -> dict[str, str]:
     """Column in the table <- column in trials.parquet; registered epoch metrics with a `label` join in."""
     cols = {"seen super": "final_seen_super_acc", "seen sub": "final_seen_sub_acc",
             "novel super": "final_novel_super_acc", "novel sub": "final_novel_sub_acc",
-            "AUROC sub": "auroc_sub", "lr": "lr", "mixup": "mixup_alpha", "score": "novelty_score",
-            "threshold": "threshold", "epochs": "epochs_run"}
+            "new breeds": "final_novel_sub_seen_super_acc", "AUROC sub": "auroc_sub", "lr": "lr",
+            "mixup": "mixup_alpha", "score": "novelty_score", "threshold": "threshold", "epochs": "epochs_run"}
     for name in EPOCH_METRICS.names():
         if EPOCH_METRICS.meta(name).get("label"):
             cols[EPOCH_METRICS.meta(name)["label"]] = f"final_{name}"
     return cols
 
 
-def comparison_table(trials: pd.DataFrame, metric: str = "objective", mode: str = "max") -> pd.DataFrame:
-    """One row per backbone x depth: its best trial (the one best-trial rule: final-epoch `metric`, what the
-    trial's checkpoint delivers), plus how many trials ran, were stopped early or errored, and compute."""
+def comparison_table(trials: pd.DataFrame, metric: str = "objective", mode: str = "max",
+                     decide: str | None = None) -> pd.DataFrame:
+    """One row per protocol x backbone x depth: its best trial (the one best-trial rule: final-epoch `metric`,
+    what the trial's checkpoint delivers), how many trials ran, were stopped early or errored, and compute.
+    Rows are ranked only against rows of the same protocol; `P1` (the deciding protocol, when there is one)
+    comes first."""
     if trials.empty:
         return pd.DataFrame()
-    df = trials.copy()
+    df = trials.assign(protocol=protocol_column(trials))
     score_col = df.get("novelty_score", pd.Series("msp", index=df.index))
     df["auroc_sub"] = [r.get(f"final_auroc_sub_{s}") for (_, r), s in zip(df.iterrows(), score_col)]
-    rows = []
-    for (bb, depth), g in df.groupby(VARIANT, sort=False):
-        best = best_trial(g, metric, mode)
-        best = g.iloc[0] if best is None else best
-        row = {"backbone": bb, "depth": depth, metric: best.get(f"final_{metric}")}
-        if f"final_{metric}_std" in g:  # rotating validation: the spread of the objective over folds
-            row["fold spread"] = best.get(f"final_{metric}_std")
-        row.update({name: best.get(col) for name, col in table_columns().items()})
-        row.update({"trials": len(g), "stopped early": int((g.status == "stopped").sum()),
-                    "errored": int((g.status == "errored").sum()), "compute s": float(g.compute_s.sum()),
-                    "best trial": best["trial_id"]})
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    return out.sort_values(metric, ascending=(mode == "min"), na_position="last").reset_index(drop=True)
+    blocks = []
+    for i, p in enumerate(ordered(df, decide), 1):
+        rows = [_row(g, bb, depth, metric, mode) for (bb, depth), g in within(df, p).groupby(VARIANT, sort=False)]
+        block = pd.DataFrame(rows).sort_values(metric, ascending=(mode == "min"), na_position="last")
+        blocks.append(block.assign(P=f"P{i}", protocol=p, decides=(p == decide)))
+    out = pd.concat(blocks, ignore_index=True)
+    return out[["P", "protocol", "decides", *[c for c in out.columns if c not in ("P", "protocol", "decides")]]]
+
+
+def _row(g: pd.DataFrame, bb, depth, metric: str, mode: str) -> dict:
+    best = best_trial(g, metric, mode)
+    best = g.iloc[0] if best is None else best
+    row = {"backbone": bb, "depth": depth, metric: best.get(f"final_{metric}")}
+    if f"final_{metric}_std" in g:  # rotating validation: the spread of the objective over folds
+        row["fold spread"] = best.get(f"final_{metric}_std")
+    row.update({name: best.get(col) for name, col in table_columns().items()})
+    row.update({"trials": len(g), "stopped early": int((g.status == "stopped").sum()),
+                "errored": int((g.status == "errored").sum()), "compute s": float(g.compute_s.sum()),
+                "best trial": best["trial_id"]})
+    return row
 
 
 def cell(col: str, v) -> str:
-    """One table cell as people read it (terminal, markdown and HTML alike)."""
+    """One table cell as people read it (terminal, markdown and HTML alike): accuracies in %."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if col in PERCENT:
         return f"{100 * v:.1f}%"
     if col == "fold spread":
-        return f"±{v:.3f}"
+        return f"±{100 * v:.1f} pts"
     if col == "lr":
         return f"{v:.1e}"
+    if col == "decides":
+        return "yes" if v else ""
     if col.endswith(" s") or col in (lab for n in EPOCH_METRICS.names() if (lab := EPOCH_METRICS.meta(n).get("label"))):
         return f"{v:.0f}"
     if isinstance(v, float):
@@ -73,14 +86,18 @@ def cell(col: str, v) -> str:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """Plain-text table for the terminal."""
+    """Plain-text table for the terminal: one block per protocol, its label as the block's heading."""
     if table.empty:
         return "(no trial has reported an epoch yet)"
-    cols = list(table.columns)
-    cells = [[cell(c, r[c]) for c in cols] for _, r in table.iterrows()]
-    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    return "\n".join(lines + ["  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in cells])
+    blocks = []
+    for (p, label, decides), block in table.groupby(["P", "protocol", "decides"], sort=False):
+        cols = [c for c in block.columns if c not in ("P", "protocol", "decides")]
+        cells = [[cell(c, r[c]) for c in cols] for _, r in block.iterrows()]
+        widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+        head = f"{p}: validation protocol '{label}'" + (" (decides: best / predict rank these)" if decides else "")
+        lines = [head, "  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+        blocks.append("\n".join(lines + ["  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in cells]))
+    return "\n\n".join(blocks)
 
 
 def sweep_state(trials: pd.DataFrame) -> str:
@@ -96,161 +113,46 @@ def sweep_state(trials: pd.DataFrame) -> str:
     return "finished"
 
 
-def _figure():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    """Atomic PNG: a full disk leaves no 0-byte file behind."""
-    plt = _figure()
+def deciding(res: Results) -> str | None:
+    """The protocol that decides, or None when the sweep spans several and names none."""
     try:
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=90, format="png")
-    finally:
-        plt.close(fig)
+        return decision(res.trials, res.meta) if len(res.trials) else None
+    except Exception:  # noqa: BLE001 - ambiguous: the report shows every protocol, none marked
+        return None
 
 
-def plot_curves(epochs: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
-    """The paper's Figure 1: train/val loss and seen accuracy per epoch, one line per variant's best trial."""
-    fig, axes = _figure().subplots(2, 2, figsize=(11, 7))
-    panels = [("train_loss", "train loss"), ("val_loss", "validation loss"),
-              ("seen_super_acc", "seen superclass accuracy"), ("seen_sub_acc", "seen subclass accuracy")]
-    for ax, (col, title) in zip(axes.flat, panels):
-        for row in table.itertuples():
-            e = epochs[epochs.trial_id == row.best_trial].sort_values("epoch")
-            ax.plot(e.epoch, e[col], marker="o", ms=3, label=f"{row.backbone}/{row.depth}")
-        ax.set(title=title, xlabel="epoch")
-        ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
-    _save(fig, path)
-
-
-def plot_tradeoff(thresholds: pd.DataFrame, trials: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
-    """Seen versus novel accuracy across thresholds (final epoch of each variant's best trial, its own
-    score), points joined in threshold order and labelled with their threshold; a level without novel
-    validation images says so instead of drawing empty axes."""
-    fig, axes = _figure().subplots(1, 2, figsize=(11, 4.5))
-    for ax, lvl, name in zip(axes, ("super", "sub"), ("superclass", "subclass")):
-        drawn = False
-        for row in table.itertuples():
-            t = trials[trials.trial_id == row.best_trial].iloc[0]
-            th = thresholds[(thresholds.trial_id == row.best_trial) & (thresholds.epoch == t.epochs_run)
-                            & (thresholds.score == t.novelty_score)].dropna(subset=[f"novel_{lvl}_acc"])
-            th = th.sort_values(f"threshold_{lvl}")
-            if th.empty:
-                continue
-            drawn = True
-            ax.plot(th[f"seen_{lvl}_acc"], th[f"novel_{lvl}_acc"], marker="o", ms=4,
-                    label=f"{row.backbone}/{row.depth} ({t.novelty_score})")
-            for r in th.itertuples():
-                ax.annotate(str(r.threshold), (getattr(r, f"seen_{lvl}_acc"), getattr(r, f"novel_{lvl}_acc")),
-                            fontsize=7, xytext=(3, 3), textcoords="offset points")
-        if drawn:
-            ax.set(xlabel=f"seen {name} accuracy", ylabel=f"novel {name} accuracy",
-                   title=f"{name}: one point per threshold")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        else:
-            ax.axis("off")
-            ax.text(0.5, 0.5, f"{name}: validation holds no novel {name} images\n(nothing to trade off)",
-                    ha="center", va="center", fontsize=10)
-    _save(fig, path)
-
-
-def plot_rungs(trials: pd.DataFrame, path: Path) -> None:
-    """How many trials reached each epoch (ASHA's rungs show as steps)."""
-    top = int(trials.epochs_run.max() or 0)
-    xs = list(range(1, top + 1))
-    fig, ax = _figure().subplots(figsize=(6, 3.5))
-    ax.bar(xs, [int((trials.epochs_run >= e).sum()) for e in xs], color="#4c72b0")
-    ax.set(xlabel="epoch", ylabel="trials still running", title="trials kept at each epoch")
-    _save(fig, path)
-
-
-def front_columns(table: pd.DataFrame, res: Results) -> pd.DataFrame:
-    """Which Pareto-front point (1 = highest seen accuracy) each row's operating point is, per level."""
-    from .pareto import pareto_front
-
-    out = table.copy()
-    for lvl, col in (("super", "front super"), ("sub", "front sub")):
-        front = pareto_front(res.thresholds, lvl) if len(res.thresholds) else pd.DataFrame()
-        ranks = {} if front.empty else {(r.trial_id, r.score, str(r.threshold)): r.front_rank
-                                        for r in front.itertuples() if r.pareto}
-        out[col] = [ranks.get((r["best trial"], r["score"], str(r["threshold"]))) for _, r in out.iterrows()]
-    return out
-
-
-def write_report(uri: str, out_dir: str | None = None) -> tuple[pd.DataFrame, str, Path]:
+def write_report(uri: str, out_dir: str | None = None, command: str = "") -> tuple[pd.DataFrame, str, Path]:
     """report.md, a self-contained report.html and the PNGs; returns (table, state, folder written)."""
     res = load_results(uri)
     out = Path(out_dir) if out_dir else (Path(uri) if res.storage.is_local else Path(f"{res.storage.name}-report"))
-    table, state = comparison_table(res.trials, res.metric, res.mode), sweep_state(res.trials)
-    plots = _plots(res, table, out)
+    decide = deciding(res)
+    table, state = comparison_table(res.trials, res.metric, res.mode, decide), sweep_state(res.trials)
     if len(table):
-        table = front_columns(table, res)
-    name = res.meta.get("name", res.storage.name)
-    head = (f"# Sweep report: {name}\n\nState: **{state}**. {len(res.trials)} trials; objective `{res.metric}` "
-            f"({res.mode}); each row is the best trial of a backbone x depth by its **final-epoch** `{res.metric}` "
-            "(what its checkpoint holds); `front` = its rank on the seen-vs-novel Pareto front.\n")
-    md = head + "\n" + _markdown(table) + "".join(
-        f"\n## {k}\n\n" + (f"![{k}]({v})\n" if v.endswith(".png") else f"_{v}_\n") for k, v in plots.items())
-    write_text(out / "report.md", md)
-    write_text(out / "report.html", _html(name, state, len(res.trials), table, plots, out))
+        table = report_pages.front_columns(table, res)
+    sections = _sections(res, table, decide, out)
+    page = report_pages.Page(res, table, state, sections, command)
+    write_text(out / "report.md", page.markdown())
+    write_text(out / "report.html", page.html(out))
     return table, state, out
 
 
-def _plots(res: Results, table: pd.DataFrame, out: Path) -> dict[str, str]:
-    """Draw what the data allows; a plot that cannot be drawn gets one line saying why."""
-    from ..sweep.studies import build_study
-    from .hpo import draw_hpo_plots
-    from .pareto import plot_seen_vs_novel
-
+def _sections(res: Results, table: pd.DataFrame, decide: str | None, out: Path) -> list[tuple[str, dict]]:
+    """(heading, {panel title: PNG name or 'not drawn: why'}) for each protocol block, then the whole sweep."""
     if table.empty or res.epochs.empty:
-        return {"Plots": "not drawn: no trial has reported an epoch yet"}
+        return [("Plots", {"Plots": "not drawn: no trial has reported an epoch yet"})]
+    sections = [(f"{p}: {label}", report_pages.protocol_panels(res, p, label, decide, out))
+                for p, label in dict(zip(table.P, table.protocol)).items()]
     t = table.rename(columns={"best trial": "best_trial"})
-    plots = {}
+    whole = {}
     plot_curves(res.epochs, t, out / "curves.png")
-    plots["Learning curves (best trial of each variant)"] = "curves.png"
+    whole["Learning curves (best trial of each row of the table)"] = "curves.png"
     if len(res.thresholds):
         plot_tradeoff(res.thresholds, res.trials, t, out / "tradeoff.png")
-        plots["Seen vs novel accuracy across thresholds (best trial of each variant)"] = "tradeoff.png"
-        best = res.trials[res.trials.trial_id == t.best_trial.iloc[0]].iloc[0]
-        chosen = {"trial_id": best.trial_id, "score": best.novelty_score, "threshold": str(best.threshold)}
-        why = plot_seen_vs_novel(res.thresholds, chosen, str(out / "pareto.png"))
-        plots["Seen vs novel, every trial x score x threshold, with the Pareto front"] = why or "pareto.png"
-    plot_rungs(res.trials[res.trials.epochs_run > 0], out / "rungs.png")
-    plots["Trials kept at each epoch (ASHA rungs)"] = "rungs.png"
-    study = build_study(res.trials, res.epochs, res.meta.get("space") or {}, res.metric, res.mode)
-    plots.update(draw_hpo_plots(study, str(out)))
-    return plots
-
-
-def _markdown(table: pd.DataFrame) -> str:
-    if table.empty:
-        return "_No trial has reported an epoch yet._\n"
-    cols = list(table.columns)
-    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    rows += ["| " + " | ".join(cell(c, r[c]) for c in cols) + " |" for _, r in table.iterrows()]
-    return "\n".join(rows) + "\n"
-
-
-def _html(name: str, state: str, n: int, table: pd.DataFrame, plots: dict[str, str], out: Path) -> str:
-    shown = table.copy()
-    for c in shown.columns:
-        shown[c] = [cell(c, v) for v in table[c]]
-    parts = []
-    for k, v in plots.items():
-        if v.endswith(".png"):
-            data = base64.b64encode((out / v).read_bytes()).decode()
-            parts.append(f"<h2>{html.escape(k)}</h2><img src='data:image/png;base64,{data}'>")
-        else:
-            parts.append(f"<h2>{html.escape(k)}</h2><p><i>{html.escape(v)}</i></p>")
-    return (f"<!doctype html><meta charset='utf-8'><title>hier-tl report</title><style>body{{font-family:sans-serif;"
-            f"margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px}}</style>"
-            f"<h1>Sweep report: {html.escape(str(name))}</h1><p>State: <b>{html.escape(state)}</b>. {n} trials.</p>"
-            + (shown.to_html(index=False, na_rep="-", escape=True) if len(shown) else "<p>No trial has reported an "
-               "epoch yet.</p>") + "".join(parts))
+        whole["Seen vs novel accuracy across thresholds (best trial of each row)"] = "tradeoff.png"
+    if (res.meta.get("scheduler") or {}).get("kind", "asha") == "asha":
+        plot_rungs(res.trials[res.trials.epochs_run > 0], out / "rungs.png")
+        whole["Trials kept at each epoch (ASHA rungs)"] = "rungs.png"
+    else:
+        whole["Trials kept at each epoch (ASHA rungs)"] = "not drawn: this sweep ran without early stopping " \
+            "(scheduler: none), so every trial ran all its epochs"
+    return sections + [("The whole sweep", whole)]

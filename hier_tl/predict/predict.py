@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import re
 import sys
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,8 +15,10 @@ import torch
 
 from ..core.errors import HierTLError, SelectionError
 from ..core.fileio import write_text
+from ..core.progressbar import progress as bar
 from ..data.images import load_images
 from ..data.taxonomy import LabelSpace
+from ..results.protocols import decision, within
 from ..results.reading import (
     Results,
     best_per_variant,
@@ -78,12 +80,13 @@ class Predictor:
         """uint8 images -> mapping-file indices (novel indices where novel), both levels."""
         from ..train.novelty import predict as rule
 
-        parts, t0 = [], time.time()
-        for start in range(0, len(images), batch):
-            parts.append(infer(self.model, images[start:start + batch], self.norm, self.size, batch, self.precision,
-                               self.tta))
-            if progress:
-                _bar(min(start + batch, len(images)), len(images), time.time() - t0)
+        parts = []
+        with bar(len(images), "predict") if progress else contextlib.nullcontext() as counter:
+            for start in range(0, len(images), batch):
+                parts.append(infer(self.model, images[start:start + batch], self.norm, self.size, batch,
+                                   self.precision, self.tta))
+                if counter is not None:
+                    counter.update(len(images[start:start + batch]))
         if not parts:
             parts.append(infer(self.model, images, self.norm, self.size, batch, self.precision, self.tta))
         a, b, f, h = (torch.cat(p) for p in zip(*parts))
@@ -95,12 +98,6 @@ class Predictor:
         return self.space.decode(sups, subs)
 
 
-def _bar(done: int, total: int, elapsed: float) -> None:
-    width = 30
-    fill = int(width * done / max(total, 1))
-    end = "\n" if done >= total else ""
-    sys.stderr.write(f"\rpredict [{'#' * fill}{'.' * (width - fill)}] {done}/{total} images {elapsed:5.1f}s{end}")
-    sys.stderr.flush()
 
 
 def write_predictions(predictor: Predictor, images_dir: Path | str, out: Path | str) -> int:
@@ -137,14 +134,16 @@ def _encodable(name: str) -> bool:
         return False
 
 
-def chosen_trials(res: Results, trial_id: str | None, all_variants: bool) -> list[pd.Series]:
-    """The trials `predict` uses: one by id, the best of each backbone x depth, or the sweep's best."""
+def chosen_trials(res: Results, trial_id: str | None, all_variants: bool, protocol: str | None = None) -> list[pd.Series]:
+    """The trials `predict` uses: one by id, or, within the deciding protocol (`results.protocols.decision`), the
+    best of each backbone x depth or the sweep's best."""
     trials = res.trials
     if trial_id:
         match = trials[trials.trial_id == trial_id]
         if match.empty:
             raise SelectionError(f"no trial {trial_id!r} in {res.storage.uri}; trials: {', '.join(trials.trial_id)}")
         return [match.iloc[0]]
+    trials = within(trials, decision(trials, res.meta, protocol))
     if all_variants:
         return best_per_variant(trials[trials.epochs_run > 0], res.metric, res.mode)
     return [select(trials, res.metric, res.mode)]
@@ -152,7 +151,7 @@ def chosen_trials(res: Results, trial_id: str | None, all_variants: bool) -> lis
 
 def run(source: str, images: str, out: str, trial_id: str | None = None, threshold: float | None = None,
         do_refit: bool = False, data_dir: str | None = None, all_variants: bool = False, epoch: str = "last",
-        log=print) -> list[tuple]:
+        log=print, protocol: str | None = None) -> list[tuple]:
     """`hier-tl predict`: a run folder's checkpoint, or trial(s) of a sweep (local or object storage)."""
     run_dir = local_path(source)
     if run_dir is not None and (run_dir / "checkpoint.pt").is_file() and not (run_dir / "trials.parquet").is_file():
@@ -161,7 +160,7 @@ def run(source: str, images: str, out: str, trial_id: str | None = None, thresho
         jobs = [(checkpoint.load(run_dir / "checkpoint.pt"), str(run_dir / "checkpoint.pt"), Path(out))]
     else:
         res, jobs = load_results(source, tables=()), []
-        for t in chosen_trials(res, trial_id, all_variants):
+        for t in chosen_trials(res, trial_id, all_variants, protocol):
             o = Path(out)
             path = o.with_name(f"{o.stem}_{t['backbone']}_{t['depth']}{o.suffix}") if all_variants else o
             ckpt, where = (refit(res, t, data_dir, log), f"refit of {t['trial_id']}") if do_refit else \

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from .space import SEARCHERS, expected_trials, param_space
 from .sweep_config import SweepConfig
 from .trainable import TrialSpec, trainable
 
-IGNORED_ON_RESUME = ("storage", "smoke", "name", "hier_tl_version", "git_commit")
+IGNORED_ON_RESUME = ("storage", "smoke", "name", "hier_tl_version", "git_commit", "provenance")
 OURS = ("sweep.yaml", ".hier_tl-lease")  # what a refused start may have written into an existing folder
 
 
@@ -108,14 +110,52 @@ def _differences(stored: dict, now: dict, where: str = "") -> list[str]:
     return out
 
 
+def provenance(sweep: SweepConfig, data: Dataset, command: str, sweep_file: str | None) -> dict:
+    """What the report's header says was run: the sweep file (and its hash), the dataset (path, image count, a
+    hash of its decoded images and labels), the machine, the date and the exact command."""
+    h = hashlib.sha256()
+    for part in (data.images.numpy().tobytes(), data.superclass.numpy().tobytes(), data.subclass.numpy().tobytes(),
+                 "\n".join(data.names).encode()):
+        h.update(part)
+    text = Path(sweep_file).read_bytes() if sweep_file and Path(sweep_file).is_file() else b""
+    return {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "sweep_file": {"path": sweep_file or "?", "sha256": hashlib.sha256(text).hexdigest() if text else "?"},
+            "dataset": {"path": sweep.data if sweep.data == "synthetic" else str(data.root), "images": len(data),
+                        "sha256": h.hexdigest()},
+            "machine": machine()}
+
+
+def machine() -> dict:
+    """This machine in a few words: host, CPU model and cores, memory, GPUs."""
+    import platform
+
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                if line.startswith("model name")), platform.processor() or platform.machine())
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"host": platform.node(), "cpu": f"{cpu} x {os.cpu_count()}",
+            "memory": f"{machine_memory()[0] / 2**30:.0f} GiB", "gpu": ", ".join(gpus) or "none"}
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
 def log_path(storage: Storage) -> Path:
     """Where Ray's own log lines go: the sweep folder when it is local, else the local cache."""
     return Path(storage.exp) / "logs" / "ray.log" if storage.is_local else \
         cache_dir() / "logs" / f"{storage.name}-{time.strftime('%Y%m%d-%H%M%S')}-ray.log"
 
 
-def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = False, resume_cmd: str = "") -> Results:
-    """Run (or resume) a sweep; returns its results. Raises HierTLError subclasses with one-line messages."""
+def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = False, resume_cmd: str = "",
+              command: str = "", sweep_file: str | None = None) -> Results:
+    """Run (or resume) a sweep; returns its results. Raises HierTLError subclasses with one-line messages.
+    `command` and `sweep_file` are recorded in sweep.yaml's `provenance` (with the dataset and the machine),
+    for the report's header."""
     storage = Storage(sweep.storage, sweep.name)
     sweep.storage = storage.root_uri  # absolute: trials run in other working directories
     check_folder(sweep, storage, resume)
@@ -128,7 +168,8 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
         sweep.check_memory(len(data), data.images.shape[-1], *machine_memory())
         print(f"data: {len(data)} images decoded once ({time.time() - t0:.1f} s); results: {storage.uri}", flush=True)
         recorder = Recorder(storage, sweep, lease=lease, log=log_path(storage))
-        _fit(sweep, storage, data, resume, address, recorder)
+        prov = provenance(sweep, data, command, sweep_file)
+        _fit(sweep, storage, data, resume, address, recorder, prov)
     except BaseException:
         if not resume and not (recorder and recorder.started):
             _forget_refused_start(storage, existed)
@@ -153,15 +194,15 @@ def _forget_refused_start(storage: Storage, existed: bool) -> None:
 
 
 def _fit(sweep: SweepConfig, storage: Storage, data: Dataset, resume: bool, address: str | None,
-         recorder: Recorder) -> None:
+         recorder: Recorder, prov: dict | None = None) -> None:
     with raycompat.ray_logs_to(recorder.log):
         start_ray(address, recorder.log)
         try:
             check_cluster(sweep, storage)
             recorder.board = start_board()
             if not resume:
-                storage.write_text("sweep.yaml", yaml.safe_dump({**dataclasses.asdict(sweep), **code_version()},
-                                                                sort_keys=False))
+                storage.write_text("sweep.yaml", yaml.safe_dump({**dataclasses.asdict(sweep), **code_version(),
+                                                                 "provenance": prov or {}}, sort_keys=False))
             fs = integrity.signing_fs(storage.fs, storage.exp)
             with raycompat.follow_folder(fs, storage.root, storage.name) if resume else contextlib.nullcontext():
                 build_tuner(sweep, storage, data, resume, recorder).fit()

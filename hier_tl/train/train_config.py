@@ -144,8 +144,8 @@ def protocol_label(cfg: TrainConfig | dict) -> str:
 
 
 def config_columns(cfg: TrainConfig | dict) -> dict[str, Any]:
-    """Config keys as result-table columns, with the code version; `threshold` (number or text) is stored as
-    text so the column has one type."""
+    """Config keys as result-table columns, with the validation protocol and the code version; `threshold`
+    (number or text) is stored as text so the column has one type."""
     d = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
     d["threshold"] = str(d["threshold"])
-    return {**d, **code_version()}
+    return {**d, "protocol": protocol_label(d), **code_version()}
