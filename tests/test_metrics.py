@@ -71,3 +71,23 @@ def test_evaluate_and_objective():
 
 
 
+
+
+def test_the_objective_is_the_mean_of_the_seen_and_novel_accuracies_that_exist():
+    """By hand: 4 seen images and 4 novel ones at each level, with known rights and wrongs; a novel
+    superclass forces a novel subclass. Superclass: seen 2/4, novel 2/4; subclass: seen 2/4, novel 3/4."""
+    space = LabelSpace((0, 1), (10, 11, 12, 13), (0, 0, 1, 1), 2, 14)
+    sure, unsure = 10.0, 0.0  # msp 1.0 vs 0.5 with two classes; threshold 0.6
+    sup = [[sure, 0], [sure, 0], [0, sure], [unsure, 0],  # seen: right, right, wrong class, called novel
+           [unsure, 0], [unsure, 0], [sure, 0], [0, sure]]  # novel superclass: caught, caught, missed, missed
+    sub = [[sure, 0, 0, 0], [0, sure, 0, 0], [0, 0, sure, 0], [sure, 0, 0, 0],
+           [sure, 0, 0, 0], [sure, 0, 0, 0], [0, 0, 0, 0], [0, 0, sure, 0]]
+    out = Outputs(torch.tensor(sup), torch.tensor(sub), torch.tensor([0, 0, 0, 1, NOVEL, NOVEL, NOVEL, NOVEL]),
+                  torch.tensor([0, 1, 1, 2, NOVEL, NOVEL, NOVEL, NOVEL]))
+    m = metrics.evaluate(out, space, "msp", 0.6)
+    assert (m["seen_super_acc"], m["novel_super_acc"]) == (0.5, 0.5)  # image 2 wrong class, 3 called novel
+    assert (m["seen_sub_acc"], m["novel_sub_acc"]) == (0.5, 0.75)  # image 6: sub logits flat -> novel
+    assert m["objective"] == pytest.approx((0.5 + 0.5 + 0.5 + 0.75) / 4)
+    seen_only = Outputs(out.super_logits[:4], out.sub_logits[:4], out.super_target[:4], out.sub_target[:4])
+    m3 = metrics.evaluate(seen_only, space, "msp", 0.6)  # no novel image: the novel terms do not exist
+    assert math.isnan(m3["novel_super_acc"]) and m3["objective"] == pytest.approx((0.5 + 0.5) / 2)
