@@ -160,7 +160,8 @@ def test_threshold_reads_back_as_written(t, text):
 
 
 def test_thresholds_per_level():
-    assert Threshold.per_level("tpr:0.985/tpr:0.97") == {"super": Threshold("tpr", 0.985), "sub": Threshold("tpr", 0.97)}
+    assert Threshold.per_level("tpr:0.985/tpr:0.97") == {"super": Threshold("tpr", 0.985),
+                                                         "sub": Threshold("tpr", 0.97)}
     assert Threshold.per_level("best/0.4") == {"super": Threshold("best"), "sub": Threshold("value", 0.4)}
     assert Threshold.per_level(0.6) == {"super": Threshold("value", 0.6), "sub": Threshold("value", 0.6)}
 

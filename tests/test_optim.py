@@ -58,7 +58,7 @@ def test_warmup_longer_than_training_still_reaches_the_peak():
 
 
 @pytest.mark.parametrize("name, cls", [("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
-def test_the_named_optimiser_gets_the_config_s_settings_and_only_trainable_parameters(name, cls):
+def test_the_named_optimiser_gets_the_settings_of_the_config_and_only_trainable_parameters(name, cls):
     m = model()
     opt = make_optimizer(TrainConfig(optimizer=name, lr=0.03, weight_decay=0.01, momentum=0.8), m)
     (group,) = opt.param_groups

@@ -20,7 +20,8 @@ def outputs(**kw) -> Outputs:
                 super_target=torch.tensor([0, 1]), sub_target=torch.tensor([1, -1]), space=SPACE,
                 feats=torch.tensor([[1.0, 0.0], [0.0, 2.0]]), bank=torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]),
                 bank_super_logits=torch.tensor([[5.0, 0.0], [0.0, 5.0], [1.0, 1.0]]),
-                bank_sub_logits=torch.tensor([[2.0, 0.0], [0.0, 2.0], [LN3, 0.0]]), bank_sub_target=torch.tensor([0, 1, 0]))
+                bank_sub_logits=torch.tensor([[2.0, 0.0], [0.0, 2.0], [LN3, 0.0]]),
+                bank_sub_target=torch.tensor([0, 1, 0]))
     return Outputs(**{**base, **kw})
 
 

@@ -46,7 +46,7 @@ def gone_driver() -> tuple[int, int]:
     return os.getpid(), rc.start_time(os.getpid()) + 1
 
 
-def test_start_time_is_the_process_s_and_none_once_it_is_gone_or_a_zombie(spawn):
+def test_start_time_of_a_live_process_and_none_once_it_is_gone_or_a_zombie(spawn):
     assert isinstance(rc.start_time(os.getpid()), int)
     p = spawn()
     assert rc.start_time(p.pid) >= rc.start_time(os.getpid())
@@ -73,7 +73,7 @@ def test_a_recorded_pid_with_its_start_time_is_stopped(records, spawn, capsys):
     assert capsys.readouterr().out == f"cleaned up 1 Ray process(es) left by a killed hier-tl driver (pid {driver})\n"
 
 
-def test_a_process_carrying_the_driver_s_token_is_stopped(records, spawn):
+def test_a_process_carrying_the_token_of_the_driver_is_stopped(records, spawn):
     worker = spawn(**{rc.MARK: "tok-c"})  # started by Ray after the record was written
     bystander = spawn(**{rc.MARK: "tok-other"})
     rec = write_record(records, *gone_driver(), "tok-c", {})
@@ -82,7 +82,7 @@ def test_a_process_carrying_the_driver_s_token_is_stopped(records, spawn):
     assert bystander.poll() is None and not rec.exists()
 
 
-def test_a_live_driver_s_processes_are_left_alone(records, spawn):
+def test_the_processes_of_a_live_driver_are_left_alone(records, spawn):
     driver = spawn()
     worker = spawn(**{rc.MARK: "tok-d"})
     rec = write_record(records, driver.pid, rc.start_time(driver.pid), "tok-d", {worker.pid: rc.start_time(worker.pid)})
@@ -100,7 +100,7 @@ def test_an_unreadable_record_is_removed_and_trusted_for_nothing(records, spawn,
     assert not (records / "1.json").exists() and worker.poll() is None
 
 
-def test_this_driver_s_record_names_it_and_is_forgotten_when_it_shuts_ray_down(records):
+def test_the_record_of_this_driver_names_it_and_is_forgotten_when_it_shuts_ray_down(records):
     rc.record()
     rec = records / f"{os.getpid()}.json"
     data = json.loads(rec.read_text())

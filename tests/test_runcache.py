@@ -53,7 +53,7 @@ def test_one_trial_at_a_time_writes_a_run(tmp_path):
     assert b.acquire()
 
 
-def test_stored_epochs_are_replayed_rescored_as_the_later_trial_s_own(tmp_path):
+def test_stored_epochs_are_replayed_rescored_as_the_own_epochs_of_a_later_trial(tmp_path):
     cache = stored(tmp_path)
     assert cache.epochs() == [1, 2] and cache.checkpoint() == cache.dir / "checkpoint.pt"
     mine = CFG.replace(threshold=0.9)

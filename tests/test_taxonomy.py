@@ -101,7 +101,7 @@ def test_encode_maps_file_indices_to_head_positions_and_the_rest_to_novel():
     assert sup.dtype == torch.int64
 
 
-def test_decode_maps_head_positions_back_and_novel_to_the_mapping_s_novel_index():
+def test_decode_maps_head_positions_back_and_novel_to_the_novel_index_of_the_mapping():
     sup, sub = SPACE.decode(torch.tensor([1, 0, NOVEL]), torch.tensor([NOVEL, 2, 0]))
     assert sup.tolist() == [2, 0, 3] and sub.tolist() == [9, 7, 5]
     again = SPACE.decode(*SPACE.encode(torch.tensor([0, 2]), torch.tensor([1, 7])))
