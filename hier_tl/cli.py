@@ -44,13 +44,18 @@ def cmd_train(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .analysis.leaderboard import score_predictions
-    from .data.dataset import read_layout
+    from pathlib import Path
 
-    tax, _, problems, _ = read_layout(args.data)
-    if tax is None:
-        raise HierTLError("cannot read the mapping files:\n" + "\n".join(problems))
-    s = score_predictions(args.predictions, args.labels, tax.superclass.novel, tax.subclass.novel)
+    from .analysis.leaderboard import score_predictions
+    from .core.errors import DataError
+    from .data.dataset import SUB_CSV, SUPER_CSV
+    from .data.taxonomy import read_level
+
+    problems: list[str] = []  # scoring needs the novel indices, nothing else of the dataset
+    sup, sub = (read_level(Path(args.data) / name, problems) for name in (SUPER_CSV, SUB_CSV))
+    if problems:
+        raise DataError(problems)
+    s = score_predictions(args.predictions, args.labels, sup.novel, sub.novel)
     print(f"{s['n']} images")
     for lvl, name in (("super", "superclass"), ("sub", "subclass")):
         print(f"{name + ' accuracy:':21s} overall {_pct(s[lvl + '_acc'])}  seen {_pct(s[lvl + '_seen_acc'])}  "

@@ -76,9 +76,6 @@ def test_data_problems_are_listed_one_per_line_under_a_count(tmp_path, capsys):
         ("subclass_mapping.csv", "mapping file is missing"), ("train_data.csv", "training CSV is missing"))]
 
 
-@pytest.mark.xfail(strict=True, reason="`hier-tl score` raises a plain HierTLError whose message spans several "
-                   "unindented lines, listing every dataset problem (images, training CSV) though it reads only "
-                   "the mapping files")
 def test_score_without_mapping_files_names_only_what_it_needs(tmp_path, capsys):
     for name in ("p.csv", "l.csv"):
         (tmp_path / name).write_text("image,superclass_index,subclass_index\na.jpg,0,0\n")
@@ -135,8 +132,6 @@ def test_cleanup_with_nothing_left_behind(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="build_parser imports hier_tl.data.synthetic for the `data synth` options, "
-                   "which imports torch: `hier-tl --help` is not instant as the CLI promises")
 def test_help_imports_neither_torch_nor_ray():
     code = ("import sys\nfrom hier_tl.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in ('torch', 'ray') if m in sys.modules), file=sys.stderr)")

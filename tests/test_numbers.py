@@ -29,8 +29,6 @@ def test_plain_leaves_containers_as_they_are():
     assert plain(xs) is xs and plain({"a": 1}) == {"a": 1}
 
 
-@pytest.mark.xfail(strict=True, reason="plain() returns pandas' NA and NaT unchanged, not None; a row read with "
-                   "nullable dtypes would give `hier-tl best` a value yaml.safe_dump cannot write")
 @pytest.mark.parametrize("v", [pd.NA, pd.NaT])
 def test_plain_turns_pandas_no_value_markers_into_none(v):
     assert plain(v) is None

@@ -88,9 +88,6 @@ def test_a_plugin_that_cannot_be_imported_is_one_line_naming_it(monkeypatch):
         reg.names()
 
 
-@pytest.mark.xfail(strict=True, reason="a registry that names no modules of its own (space.SAMPLERS, "
-                   "space.SEARCHERS) never imports HIER_TL_PLUGINS: `hier-tl sweep` with a plugin search "
-                   "algorithm says 'unknown search algorithm' unless another registry was used first")
 def test_plugins_reach_a_registry_that_names_no_modules(modules, monkeypatch):
     home = modules("reg_home_c", "from hier_tl.core.registry import Registry\nSEARCH = Registry('search algorithm')\n")
     modules("reg_plugin_c", "from reg_home_c import SEARCH\nSEARCH.register('mine')(object)\n")

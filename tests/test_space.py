@@ -53,8 +53,6 @@ def test_bad_bounds_are_one_line_naming_the_key_and_sampler(name, args, message)
     assert str(e.value).startswith(f"space.lr.{name}: {message}") and "\n" not in str(e.value)
 
 
-@pytest.mark.xfail(strict=True, reason="Sampler.check accepts quniform bounds off the step's grid, which Ray's "
-                   "tune.quniform refuses with a ValueError (a traceback) only when the sweep starts")
 def test_quniform_bounds_off_the_step_grid_are_refused_before_ray_sees_them():
     with pytest.raises(ConfigError, match="space.weight_decay.quniform"):
         SAMPLERS.get("quniform").check("space.weight_decay", [0.0005, 0.01, 0.001])

@@ -9,10 +9,10 @@ from typing import Any
 
 
 def plain(v: Any) -> Any:
-    """A value read back from Parquet / pandas / numpy as plain Python: scalars unwrapped, NaN -> None."""
+    """A value read back from Parquet / pandas / numpy as plain Python: scalars unwrapped; NaN, NA, NaT -> None."""
     if getattr(v, "ndim", None) == 0 and hasattr(v, "item"):
         v = v.item()
-    return None if isinstance(v, float) and math.isnan(v) else v
+    return None if missing(v) else v
 
 
 def real_number(v: Any) -> float | None:

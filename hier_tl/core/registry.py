@@ -28,7 +28,7 @@ class Registry:
         self.kind = kind
         self._modules = modules  # imported on first lookup: they register their entries
         self._entries: dict[str, tuple[Any, dict]] = {}
-        self._loaded = not modules
+        self._loaded = False  # its modules and the plugins are imported at the first lookup
         self._patterns: list[tuple[str, Callable[[str], Any], dict]] = []
 
     def register(self, name: str, **meta) -> Callable:

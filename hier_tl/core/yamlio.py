@@ -25,16 +25,18 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys, naming their line."""
 
     def construct_mapping(self, node, deep=False):
-        seen: dict = {}
+        first: dict = {}  # key -> the line it first appears on
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: merged keys may be overridden
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
             try:
-                first = seen.setdefault(key, key_node.start_mark.line + 1)
+                if key in first:
+                    raise ConfigError(f"line {line}: key {key!r} appears twice in one mapping (first at line "
+                                      f"{first[key]}); YAML would keep the last silently")
+                first[key] = line
             except TypeError:  # an unhashable key: SafeLoader says so itself
                 continue
-            if first != key_node.start_mark.line + 1:
-                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice in one mapping "
-                                  f"(first at line {first}); YAML would keep the last silently")
         return super().construct_mapping(node, deep)
 
 
@@ -64,8 +66,8 @@ def loads(text: str, where: str = "YAML") -> Any:
         if node is None:
             return None
         if _expanded_size(node, {}) > MAX_NODES:
-            raise ConfigError(f"{where}: its aliases (*name) expand to more than {MAX_NODES:,} values; "
-                              "write the values out, or use fewer nested aliases")
+            raise ConfigError(f"its aliases (*name) expand to more than {MAX_NODES:,} values; write the values "
+                              "out, or use fewer nested aliases")
         return loader.construct_document(node)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None

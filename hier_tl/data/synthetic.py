@@ -17,13 +17,16 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+if TYPE_CHECKING:
+    from .dataset import Dataset
+
 from ..core.errors import ConfigError
 from ..core.fileio import cache_dir
-from .dataset import Dataset, load_dataset
 
 GENERATOR_VERSION = 2  # bump when the images change, so cached synthetic sets are regenerated
 SHAPES = ["ellipse", "square", "triangle", "star", "cross", "hexagon", "diamond", "ring"]
@@ -165,6 +168,10 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 def load_source(source: str, spec: SynthSpec = SynthSpec()) -> Dataset:
     """A dataset folder, validated and decoded once; `synthetic` is generated once per spec and cached."""
+    from .dataset import (
+        load_dataset,  # here: `hier-tl --help` reads SynthSpec without importing torch
+    )
+
     if source != "synthetic":
         return load_dataset(source)
     key = hashlib.sha256(f"{GENERATOR_VERSION}|{spec!r}".encode()).hexdigest()[:16]

@@ -47,6 +47,9 @@ class Sampler:
             raise ConfigError(f"{where}: {self.name} takes integer bounds, got {args}")
         if self.step and not args[2] > 0:
             raise ConfigError(f"{where}: the step must be positive, got {args[2]}")
+        if self.step and not all(math.isclose(x / args[2], round(x / args[2]), abs_tol=1e-9) for x in (lo, hi)):
+            raise ConfigError(f"{where}: bounds {lo:g} and {hi:g} must be multiples of the step {args[2]:g} (Ray "
+                              "samples on that grid)")
 
     def ray(self, args: list) -> Any:
         """The Ray Tune sampler (or grid) for these arguments."""
