@@ -44,8 +44,8 @@ def test_importance_is_deterministic():
 ])
 def test_edge_cases_give_reasons_not_errors(tmp_path, case, drawn):
     if case == "zero trials":
-        study = studies.buildmake_study(pd.DataFrame(columns=["trial_id", "status"]), None, SPACE,
-                                "objective", "max")
+        study = studies.build_study(pd.DataFrame(columns=["trial_id", "status"]), None, SPACE,
+                                    "objective", "max")
     elif case == "all errored":
         study = make_study(["errored"] * 3)
     elif case == "one completed":
@@ -54,10 +54,10 @@ def test_edge_cases_give_reasons_not_errors(tmp_path, case, drawn):
         trials, epochs = make_sweep(["completed"] * 5, backbone="resnet18")
         for col in ["mixup_alpha", "batch_size", "warmup", "wd", "threshold", "novelty_score"]:
             trials[col] = trials[col].iloc[0]
-        study = studies.buildmake_study(trials, epochs, SPACE, "objective", "max")
+        study = studies.build_study(trials, epochs, SPACE, "objective", "max")
     else:
         trials, _ = make_sweep(["completed"] * 6)
-        study = studies.buildmake_study(trials, None, SPACE, "objective", "max")
+        study = studies.build_study(trials, None, SPACE, "objective", "max")
     (tmp_path / "hpo_importance.png").write_bytes(b"stale")  # from an earlier run
     out = hpo.draw_hpo_plots(study, str(tmp_path))
     assert {k for k, v in out.items() if not v.startswith("not drawn: ")} == drawn

@@ -19,7 +19,7 @@ def test_study_has_one_trial_per_row_with_mapped_states_and_values():
                 "completed"]
     trials, epochs = make_sweep(statuses)
     trials.loc[6, "final_objective"] = np.nan  # completed but no finite value
-    study = studies.buildmake_study(trials, epochs, SPACE, "objective", "max")
+    study = studies.build_study(trials, epochs, SPACE, "objective", "max")
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     assert [t.user_attrs["trial_id"] for t in study.trials] == list(trials["trial_id"])
     assert [t.state for t in study.trials] == [
@@ -33,13 +33,13 @@ def test_study_has_one_trial_per_row_with_mapped_states_and_values():
     scored = trials[trials["status"].isin(["completed", "stopped"])]
     assert study.best_trial.user_attrs["trial_id"] == scored.loc[
         scored["final_objective"].idxmax(), "trial_id"]
-    assert studies.buildmake_study(trials, epochs, SPACE, "objective", "min").direction \
+    assert studies.build_study(trials, epochs, SPACE, "objective", "min").direction \
         == optuna.study.StudyDirection.MINIMIZE
 
 
 def test_distributions_follow_the_space_and_params_round_trip():
     trials, epochs = make_sweep(["completed"] * 4)
-    t = studies.buildmake_study(trials, epochs, SPACE, "objective", "max").trials
+    t = studies.build_study(trials, epochs, SPACE, "objective", "max").trials
     d = t[0].distributions
     assert d["lr"] == FloatDistribution(1e-4, 1e-1, log=True)
     assert d["mixup_alpha"] == FloatDistribution(0.0, 0.4)
@@ -61,7 +61,7 @@ def test_quniform_off_grid_bounds_fall_back_to_plain_float():
     space = {"wd": {"quniform": [0.0005, 0.01, 0.001]}}
     trials, epochs = make_sweep(["completed"])
     trials["wd"] = 0.002
-    t = studies.buildmake_study(trials, epochs, space, "objective", "max").trials[0]
+    t = studies.build_study(trials, epochs, space, "objective", "max").trials[0]
     assert t.distributions["wd"] == FloatDistribution(0.0005, 0.01)
     assert t.params["wd"] == pytest.approx(0.002)
 
@@ -69,7 +69,7 @@ def test_quniform_off_grid_bounds_fall_back_to_plain_float():
 def test_intermediate_values_equal_the_epochs_metric():
     trials, epochs = make_sweep(["completed", "running", "errored"], n_epochs=4)
     epochs = epochs[~((epochs.trial_id == "t01") & (epochs.epoch == 3))]  # running: 3 epochs
-    study = studies.buildmake_study(trials, epochs, SPACE, "objective", "max")
+    study = studies.build_study(trials, epochs, SPACE, "objective", "max")
     for t in study.trials:
         mine = epochs[epochs.trial_id == t.user_attrs["trial_id"]]
         assert t.intermediate_values == pytest.approx(dict(zip(mine.epoch, mine.objective)))
@@ -82,7 +82,7 @@ def test_missing_or_out_of_range_params_are_left_out_not_fatal():
     trials.loc[1, "lr"] = 5.0  # outside the loguniform bounds
     trials.loc[2, "backbone"] = None
     trials = trials.drop(columns=["novelty_score"])  # composite's second column is missing
-    study = studies.buildmake_study(trials, epochs, SPACE, "objective", "max")
+    study = studies.build_study(trials, epochs, SPACE, "objective", "max")
     assert len(study.trials) == 3
     assert "mixup_alpha" not in study.trials[0].params and "lr" in study.trials[0].params
     assert "lr" not in study.trials[1].params
