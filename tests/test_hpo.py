@@ -25,6 +25,16 @@ def test_normal_sweep_draws_four_valid_pngs(tmp_path):
     assert plt.get_fignums() == []  # every figure closed
 
 
+def test_an_asha_sweep_counts_its_stopped_trials_in_every_panel(tmp_path):
+    """ASHA stops most trials; their final values are measurements (the state table in studies.py), so
+    importance, history and parallel coordinates are drawn from them rather than from the one survivor."""
+    study = make_study(["completed"] + ["stopped"] * 4 + ["errored"])
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 5
+    out = hpo.draw_hpo_plots(study, str(tmp_path))
+    assert not [v for v in out.values() if v.startswith("not drawn: ")], out
+    assert_clean_pngs(tmp_path, out)
+
+
 def test_importance_is_deterministic():
     study = make_study(["completed"] * 10)
     done = study.get_trials(states=(TrialState.COMPLETE,))

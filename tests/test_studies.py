@@ -24,7 +24,8 @@ def test_study_has_one_trial_per_row_with_mapped_states_and_values():
     assert [t.user_attrs["trial_id"] for t in study.trials] == list(trials["trial_id"])
     assert [t.state for t in study.trials] == [
         TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING,
-        TrialState.WAITING, TrialState.FAIL, TrialState.FAIL]
+        TrialState.WAITING, TrialState.WAITING, TrialState.FAIL]
+    assert study.metric_names == ["objective"]
     for t, (_, row) in zip(study.trials, trials.iterrows()):
         if t.state == TrialState.COMPLETE:
             assert t.value == pytest.approx(row["final_objective"])
@@ -35,6 +36,38 @@ def test_study_has_one_trial_per_row_with_mapped_states_and_values():
         scored["final_objective"].idxmax(), "trial_id"]
     assert studies.build_study(trials, epochs, SPACE, "objective", "min").direction \
         == optuna.study.StudyDirection.MINIMIZE
+
+
+C, P, F, R, W = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING,
+                 TrialState.WAITING)
+
+
+@pytest.mark.parametrize("status, value, journal, report", [
+    ("completed", 0.7, (C, 0.7), (C, 0.7)),
+    ("completed", None, (F, None), (F, None)),
+    ("stopped", 0.4, (P, 0.4), (C, 0.4)),       # ASHA's stop: pruned live, a measurement in the report
+    ("stopped", None, (P, None), (F, None)),
+    ("errored", 0.5, (F, None), (F, None)),
+    ("running", 0.5, (R, None), (R, None)),
+    ("pending", None, (W, None), (W, None)),     # a retry, due to start again
+    ("interrupted", 0.5, (W, None), (W, None)),  # waits for --resume
+    ("Completed", 0.7, (C, 0.7), (C, 0.7)),
+    ("", 0.7, (F, None), (F, None)),
+])
+def test_state_table(status, value, journal, report):
+    assert studies.trial_state(status, value, stopped=TrialState.PRUNED) == journal
+    assert studies.trial_state(status, value) == report
+
+
+def test_stopped_trials_are_pruned_with_their_value_and_curve_when_asked():
+    trials, epochs = make_sweep(["completed", "stopped", "stopped"])
+    trials.loc[2, "final_objective"] = np.nan
+    study = studies.build_study(trials, epochs, SPACE, "objective", "max", stopped=TrialState.PRUNED)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
+    assert study.trials[1].value == pytest.approx(trials.loc[1, "final_objective"])
+    assert study.trials[2].value is None
+    assert all(len(t.intermediate_values) == 3 for t in study.trials)
+    assert [t.user_attrs["status"] for t in study.trials] == ["completed", "stopped", "stopped"]
 
 
 def test_distributions_follow_the_space_and_params_round_trip():
