@@ -56,6 +56,3 @@ def assert_clean_pngs(out_dir, result):
     for name in os.listdir(out_dir):
         assert os.path.getsize(out_dir / name) > 0, name
         assert name.endswith(".png") and not name.startswith("."), name
-
-
-# ----------------------------------------------------------------------------- build_study

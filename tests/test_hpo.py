@@ -25,6 +25,16 @@ def test_normal_sweep_draws_four_valid_pngs(tmp_path):
     assert plt.get_fignums() == []  # every figure closed
 
 
+def test_an_asha_sweep_counts_its_stopped_trials_in_every_panel(tmp_path):
+    """ASHA stops most trials; their final values are measurements (the state table in studies.py), so
+    importance, history and parallel coordinates are drawn from them rather than from the one survivor."""
+    study = make_study(["completed"] + ["stopped"] * 4 + ["errored"])
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 5
+    out = hpo.draw_hpo_plots(study, str(tmp_path))
+    assert not [v for v in out.values() if v.startswith("not drawn: ")], out
+    assert_clean_pngs(tmp_path, out)
+
+
 def test_importance_is_deterministic():
     study = make_study(["completed"] * 10)
     done = study.get_trials(states=(TrialState.COMPLETE,))
@@ -44,8 +54,8 @@ def test_importance_is_deterministic():
 ])
 def test_edge_cases_give_reasons_not_errors(tmp_path, case, drawn):
     if case == "zero trials":
-        study = studies.buildmake_study(pd.DataFrame(columns=["trial_id", "status"]), None, SPACE,
-                                "objective", "max")
+        study = studies.build_study(pd.DataFrame(columns=["trial_id", "status"]), None, SPACE,
+                                    "objective", "max")
     elif case == "all errored":
         study = make_study(["errored"] * 3)
     elif case == "one completed":
@@ -54,10 +64,10 @@ def test_edge_cases_give_reasons_not_errors(tmp_path, case, drawn):
         trials, epochs = make_sweep(["completed"] * 5, backbone="resnet18")
         for col in ["mixup_alpha", "batch_size", "warmup", "wd", "threshold", "novelty_score"]:
             trials[col] = trials[col].iloc[0]
-        study = studies.buildmake_study(trials, epochs, SPACE, "objective", "max")
+        study = studies.build_study(trials, epochs, SPACE, "objective", "max")
     else:
         trials, _ = make_sweep(["completed"] * 6)
-        study = studies.buildmake_study(trials, None, SPACE, "objective", "max")
+        study = studies.build_study(trials, None, SPACE, "objective", "max")
     (tmp_path / "hpo_importance.png").write_bytes(b"stale")  # from an earlier run
     out = hpo.draw_hpo_plots(study, str(tmp_path))
     assert {k for k, v in out.items() if not v.startswith("not drawn: ")} == drawn

@@ -82,14 +82,17 @@ class Recorder(Callback):
         cols = {"trial_dir": Path(str(trial.path or "")).name, **self._context(trial)}
         self.ledger.start(trial.trial_id, cols)
         self._flush(trials_now=True)
+        self._mirror(trial.trial_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self._record(trial.trial_id, result, self._context(trial))
+        self._mirror(trial.trial_id)
         self._progress()
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         self.ledger.recover(trial.trial_id, error_text(trial))
         self._flush(trials_now=True)
+        self._mirror(trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.ledger.complete(trial.trial_id, self.sweep.train_config(trial.config).epochs)
@@ -111,6 +114,8 @@ class Recorder(Callback):
     def on_experiment_end(self, trials, **info) -> None:
         self.ledger.end()
         self._flush(force=True)
+        for row in self.ledger.rows():  # what was running now waits for --resume
+            self._mirror(row["trial_id"])
         for table in (self.epochs, self.thresholds):
             self._safely(table.compact, table.name)
 
@@ -122,8 +127,12 @@ class Recorder(Callback):
 
     def _closed(self, tid: str) -> None:
         self._flush(force=True)
-        self.journal.add(self.ledger.row(tid), self._curves.get(tid, {}))
+        self._mirror(tid)
         self._progress(force=True)
+
+    def _mirror(self, tid: str) -> None:
+        """The live Optuna journal follows the trial's ledger row and per-epoch metric (after the ledger moved)."""
+        self.journal.sync(self.ledger.row(tid), self._curves.get(tid, {}))
 
     def _record(self, tid: str, result: dict, ctx: dict) -> None:
         metrics, epoch, rows = result_rows(tid, result, ctx)
@@ -167,12 +176,9 @@ class Recorder(Callback):
             for result in _reported(self.storage, row):
                 if (row["trial_id"], int(result["epoch"])) not in have:
                     self._record(row["trial_id"], result, ctx)
-            if row["status"] in ("completed", "stopped", "errored") and row["trial_id"] not in self.journal.done:
-                mine = epochs[epochs.trial_id == row["trial_id"]] if len(epochs) else epochs
-                metric = self.sweep.scheduler.metric
-                self.journal.add(row, dict(zip(mine.epoch, mine[metric])) if metric in mine else {})
         self.ledger.end()  # what was running is interrupted until Tune starts it again
         self._flush(force=True)
+        self.journal.catch_up(self.ledger.rows(), epochs, self._curves)
 
 
 def _reported(st: Storage, row: dict) -> list[dict]:

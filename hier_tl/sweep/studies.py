@@ -1,18 +1,31 @@
 """A sweep's trials as an Optuna study, from its Parquet tables alone: what the live journal
-(optuna-dashboard) and the report's HPO panels both show.
+(optuna-dashboard, `journal.py`) and the report's HPO panels show.
 
-Trial-state mapping (Optuna's ``create_trial`` accepts RUNNING, WAITING, COMPLETE, PRUNED and FAIL;
-COMPLETE needs a finite value and FAIL must have none):
+Trial states (Optuna's ``create_trial`` accepts RUNNING, WAITING, COMPLETE, PRUNED and FAIL;
+COMPLETE needs a finite value, FAIL must have none). A trial's value, where it has one, is
+``final_<metric>``:
 
-==========================================  ==========
-sweep status                                Optuna
-==========================================  ==========
-completed / stopped with finite final value COMPLETE
-completed / stopped without one             FAIL
-errored, interrupted, unknown               FAIL
-running                                     RUNNING
-pending                                     WAITING
-==========================================  ==========
+=================================  ========================  ====================
+sweep status                       live journal              report's HPO panels
+=================================  ========================  ====================
+completed, finite final value      COMPLETE                  COMPLETE
+completed without one              FAIL                      FAIL
+stopped (by ASHA), finite value    PRUNED, with that value   COMPLETE
+stopped without one                PRUNED, no value          FAIL
+errored, unknown                   FAIL                      FAIL
+running                            RUNNING                   RUNNING
+pending (a retry), interrupted     WAITING                   WAITING
+=================================  ========================  ====================
+
+Why a stopped trial differs: the dashboard must say what happened. ASHA pruned it; its last value is kept,
+as Optuna's own ``tell`` keeps a pruned trial's last intermediate value, so the dashboard's "Include
+PRUNED trials" switch puts it in the history. The report's history, importance and parallel-coordinate
+panels are Optuna's, which read COMPLETE trials only, and an ASHA sweep stops most of its trials: as
+PRUNED they would vanish, leaving the few survivors (or nothing) to judge the search space by. A stopped
+trial's final value is a real measurement of its configuration, taken at the epoch it reached (fewer than a
+survivor's), so the report counts it (``build_study(stopped=COMPLETE)``, the default); its
+intermediate-values panel shows every trial's curve, so where each stopped stays visible.
+An interrupted trial is not a failure: it waits for ``--resume``, which continues it.
 """
 from __future__ import annotations
 
@@ -30,16 +43,17 @@ from optuna.distributions import (
     CategoricalDistribution,
     IntDistribution,
 )
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ..core.numbers import finite as _finite
 from ..core.numbers import missing as _missing
 from ..core.numbers import plain as _native
 from .space import SAMPLERS
 
-_STATES = {"completed": TrialState.COMPLETE, "stopped": TrialState.COMPLETE,
-           "running": TrialState.RUNNING, "pending": TrialState.WAITING}
+_STATES = {"completed": TrialState.COMPLETE, "running": TrialState.RUNNING,
+           "pending": TrialState.WAITING, "interrupted": TrialState.WAITING}
 _CATEGORICAL_TYPES = (type(None), bool, int, float, str)
+
 
 def same(a: Any, b: Any) -> bool:
     """Loose equality between a search-space value and a table value (0.6 == "0.6" == 0.6000)."""
@@ -63,6 +77,17 @@ def quiet() -> Iterator[None]:
     finally:
         optuna.logging.set_verbosity(old)
 
+
+def trial_state(status: str, value: float | None,
+                stopped: TrialState = TrialState.COMPLETE) -> tuple[TrialState, float | None]:
+    """The Optuna state and value of a trial with this sweep ``status`` and finite final ``value`` (or None),
+    after the module's table; ``stopped`` is what an ASHA-stopped trial is: PRUNED in the live journal,
+    COMPLETE in the report."""
+    status = str(status or "").lower()
+    state = stopped if status == "stopped" else _STATES.get(status, TrialState.FAIL)
+    if state == TrialState.COMPLETE and value is None:
+        state = TrialState.FAIL
+    return state, value if state in (TrialState.COMPLETE, TrialState.PRUNED) else None
 
 
 # ----------------------------------------------------------------------------- study
@@ -99,20 +124,20 @@ def _param_value(row: pd.Series, key: str, dist: BaseDistribution, raw: list) ->
         return None
     value = _finite(vals[0])
     if value is not None and isinstance(dist, IntDistribution):
-        value = int(round(value))
+        value = round(value)
     if value is None or not dist._contains(dist.to_internal_repr(value)):
         return None
     return value
 
 
-def _space_distributions(space: dict) -> dict[str, tuple[BaseDistribution, list]]:
+def space_distributions(space: dict) -> dict[str, tuple[BaseDistribution, list]]:
     """Optuna distributions for the usable keys of a sweep's search space (composites as str)."""
     out = {}
     for key, spec in (space or {}).items():
         parsed = _distribution(spec)
         if parsed is None:
             continue
-        sampler, dist, raw = parsed
+        _, dist, raw = parsed
         if "+" in key and isinstance(dist, CategoricalDistribution):
             raw = [list(c) if isinstance(c, (list, tuple)) else c for c in raw]
             choices = list(dict.fromkeys(str(tuple(c)) if isinstance(c, list) else str(c)
@@ -122,41 +147,48 @@ def _space_distributions(space: dict) -> dict[str, tuple[BaseDistribution, list]
     return out
 
 
+def curves(epochs: pd.DataFrame | None, metric: str) -> dict[str, dict[int, float]]:
+    """Per trial, ``{epoch: metric}`` from the epochs table (finite values only; a later row of the same
+    epoch wins)."""
+    out: dict[str, dict[int, float]] = {}
+    if epochs is not None and len(epochs) and {"trial_id", "epoch", metric} <= set(epochs.columns):
+        for tid, ep, v in zip(epochs["trial_id"].astype(str), epochs["epoch"], epochs[metric]):
+            if _finite(v) is not None and _finite(ep) is not None:
+                out.setdefault(tid, {})[int(ep)] = float(v)
+    return out
+
+
+def frozen_trial(row: pd.Series, dists: dict[str, tuple[BaseDistribution, list]], metric: str,
+                 curve: dict[int, float], stopped: TrialState = TrialState.COMPLETE) -> FrozenTrial:
+    """One trials-table row as an Optuna trial (see ``build_study``); ``dists`` from ``space_distributions``."""
+    params, pdists = {}, {}
+    for key, (dist, raw) in dists.items():
+        value = _param_value(row, key, dist, raw)
+        if value is not None:
+            params[key], pdists[key] = value, dist
+    status = str(row.get("status", "")).lower()
+    state, value = trial_state(status, _finite(row.get(f"final_{metric}")), stopped)
+    return optuna.trial.create_trial(
+        state=state, value=value, params=params, distributions=pdists,
+        user_attrs={"trial_id": str(row.get("trial_id")), "status": status},
+        intermediate_values=dict(sorted(curve.items())))
+
+
 def build_study(trials: pd.DataFrame, epochs: pd.DataFrame | None, space: dict, metric: str,
-                mode: str) -> optuna.Study:
-    """An in-memory Optuna study with one trial per row of ``trials``, in row order.
+                mode: str, stopped: TrialState = TrialState.COMPLETE) -> optuna.Study:
+    """An in-memory Optuna study with one trial per row of ``trials``, in row order, its metric named.
 
     The value is ``final_<metric>``; intermediate values are ``epochs[metric]`` per epoch; the
-    state follows the table in the module docstring. A parameter whose value is missing, NaN or
-    outside its distribution is left out of that trial rather than raising.
+    state follows the table in the module docstring (``stopped``: the state of an ASHA-stopped
+    trial). A parameter whose value is missing, NaN or outside its distribution is left out of
+    that trial rather than raising.
     """
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
     with quiet():
         study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-    dists = _space_distributions(space)
-    curves: dict[str, dict[int, float]] = {}
-    if epochs is not None and len(epochs) and {"trial_id", "epoch", metric} <= set(epochs.columns):
-        for tid, ep, v in zip(epochs["trial_id"].astype(str), epochs["epoch"], epochs[metric]):
-            if _finite(v) is not None and _finite(ep) is not None:
-                curves.setdefault(tid, {})[int(ep)] = float(v)
-    frozen = []
-    for _, row in trials.iterrows():
-        tid, status = str(row.get("trial_id")), str(row.get("status", "")).lower()
-        params, pdists = {}, {}
-        for key, (dist, raw) in dists.items():
-            value = _param_value(row, key, dist, raw)
-            if value is not None:
-                params[key], pdists[key] = value, dist
-        value = _finite(row.get(f"final_{metric}"))
-        state = _STATES.get(status, TrialState.FAIL)
-        if state == TrialState.COMPLETE and value is None:
-            state = TrialState.FAIL
-        frozen.append(optuna.trial.create_trial(
-            state=state, value=value if state == TrialState.COMPLETE else None,
-            params=params, distributions=pdists, user_attrs={"trial_id": tid, "status": status},
-            intermediate_values=dict(sorted(curves.get(tid, {}).items()))))
-    study.add_trials(frozen)
+        study.set_metric_names([metric])
+    dists, per_trial = space_distributions(space), curves(epochs, metric)
+    study.add_trials([frozen_trial(row, dists, metric, per_trial.get(str(row.get("trial_id")), {}), stopped)
+                      for _, row in trials.iterrows()])
     return study
-
-
