@@ -6,7 +6,13 @@ import sys
 
 import pytest
 
-from hier_tl.train.registries import BACKBONES, EPOCH_METRICS, OPTIMIZERS, SCHEDULES, SCORES
+from hier_tl.train.registries import (
+    BACKBONES,
+    EPOCH_METRICS,
+    OPTIMIZERS,
+    SCHEDULES,
+    SCORES,
+)
 
 LOGIT_SCORES = ["energy", "maxlogit", "msp"]
 REFERENCE_SCORES = ["pretrained_hier", "pretrained_knn", "pretrained_mahalanobis"]

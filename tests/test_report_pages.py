@@ -40,6 +40,7 @@ def test_the_header_says_what_was_run_where_and_how():
     assert old["dataset"].startswith("/d: ?") and old["command"] == "?"  # folders from before it was recorded
 
 
+@pytest.mark.slow
 def test_the_explanations_are_in_the_html_page_too(sweep, tmp_path):
     from hier_tl.analysis.report import write_report
     results, _ = sweep

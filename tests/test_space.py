@@ -4,12 +4,22 @@ algorithms, and Tune's param_space. The Optuna distribution of a key must hold e
 import math
 
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from ray.tune.search.sample import Categorical, Float
 
 from hier_tl.core.config import from_dict
 from hier_tl.core.errors import ConfigError
-from hier_tl.sweep.space import SAMPLERS, SEARCHERS, Sampler, expected_trials, param_space
+from hier_tl.sweep.space import (
+    SAMPLERS,
+    SEARCHERS,
+    Sampler,
+    expected_trials,
+    param_space,
+)
 from hier_tl.sweep.sweep_config import SweepConfig
 
 

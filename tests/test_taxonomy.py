@@ -5,7 +5,14 @@ import json
 import pytest
 import torch
 
-from hier_tl.data.taxonomy import NOVEL, LabelSpace, Level, parse_int, read_csv, read_level
+from hier_tl.data.taxonomy import (
+    NOVEL,
+    LabelSpace,
+    Level,
+    parse_int,
+    read_csv,
+    read_level,
+)
 
 
 @pytest.mark.parametrize("raw, want", [

@@ -241,7 +241,7 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
     DivergedError on a NaN loss.
     """
     say = progress or _silent
-    say("preparing", 0, cfg.folds)
+    say("setting up model and split", 0, 0)
     scores = tuple(dict.fromkeys((*novelty.logit_scores(), *scores)))
     X = data.images.to(resolve_device(cfg.device))  # one copy on the device, whatever the folds
     runs = [_prepare(cfg, data, scores, fold, X) for fold in range(cfg.folds)]
