@@ -24,24 +24,37 @@ def test_odd_file_names_are_quoted_or_refused_and_said(run_dir, synth_dir, tmp_p
 
 
 def test_a_failed_write_leaves_no_partial_csv(run_dir, synth_dir, tmp_path, monkeypatch, capsys):
+    import csv
     import errno
-    from pathlib import Path
 
     out = tmp_path / "p.csv"
     out.write_text("old predictions\n")
-    real = Path.write_text
 
-    def full_disk(self, *a, **k):
-        if self.name.endswith(".tmp"):
-            real(self, "partial", **k)
+    class FullDisk:  # the disk fills up after the header, in the middle of the stream
+        def __init__(self, f, **kw):
+            self.f = f
+
+        def writerow(self, row):
+            self.f.write(",".join(row) + "\n")
+
+        def writerows(self, rows):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, *a, **k)
-    monkeypatch.setattr(Path, "write_text", full_disk)
+    monkeypatch.setattr(csv, "writer", FullDisk)
     assert main(["predict", str(run_dir), "--images", str(synth_dir / "test_images"), "--out", str(out),
                  "--threshold", "0.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"error: cannot write {out}: no space left on the device"
     assert out.read_text() == "old predictions\n" and [p.name for p in tmp_path.iterdir()] == ["p.csv"]
+
+
+def test_predictions_stream_in_chunks_in_file_name_order(run_dir, synth_dir, tmp_path):
+    """Chunks of 2 images give the same CSV as one chunk of all: order, rows and values do not depend on it."""
+    from hier_tl.predict.predict import Predictor, write_predictions
+    p = Predictor.from_checkpoint(run_dir / "checkpoint.pt", 0.5)
+    whole, pieces = tmp_path / "whole.csv", tmp_path / "pieces.csv"
+    n = write_predictions(p, synth_dir / "test_images", whole, chunk=10_000)
+    assert write_predictions(p, synth_dir / "test_images", pieces, chunk=2) == n
+    assert pieces.read_text() == whole.read_text() and n == len(list((synth_dir / "test_images").iterdir()))
 
 
 def test_predicted_indices_are_the_hand_computed_ones(tmp_path):

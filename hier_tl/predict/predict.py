@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import re
 import sys
 from dataclasses import dataclass, replace
@@ -14,9 +13,9 @@ import pandas as pd
 import torch
 
 from ..core.errors import HierTLError, SelectionError
-from ..core.fileio import write_text
+from ..core.fileio import atomic_path
 from ..core.progressbar import progress as bar
-from ..data.images import load_images
+from ..data.images import decode_images, list_images
 from ..data.taxonomy import LabelSpace
 from ..results.protocols import decision, within
 from ..results.reading import (
@@ -100,30 +99,41 @@ class Predictor:
 
 
 
-def write_predictions(predictor: Predictor, images_dir: Path | str, out: Path | str) -> int:
-    """Predict every readable image in `images_dir` into a CSV written atomically; every image left out
-    (unreadable, or a file name with control characters no CSV reader takes back) is reported. Returns rows."""
-    imgs = load_images(images_dir, predictor.data_side)  # decoded as the training images were
-    for note in imgs.notes:
-        print(f"warning: {note}", file=sys.stderr)
-    keep = [i for i, n in enumerate(imgs.names) if not UNSAFE_NAME.search(n) and _encodable(n)]
-    bad = [imgs.names[i] for i in range(len(imgs.names)) if i not in set(keep)]
-    if bad:
+CHUNK = 1024  # images decoded, predicted and written at a time: memory stays flat whatever the folder holds
+HEADER = ["image", "superclass_index", "subclass_index"]
+
+
+def write_predictions(predictor: Predictor, images_dir: Path | str, out: Path | str, chunk: int = CHUNK) -> int:
+    """Predict every readable image in `images_dir` into a CSV, streamed: `chunk` images are decoded (as the
+    training images were), predicted and written at a time, in file-name order, so the cost is linear in
+    the images and memory bounded. The CSV appears complete or not at all. Every image left out (unreadable,
+    or a file name with control characters no CSV reader takes back) is reported. Returns the rows written."""
+    paths = list_images(images_dir)
+    keep = [p for p in paths if not UNSAFE_NAME.search(p.name) and _encodable(p.name)]
+    if len(keep) < len(paths):
+        bad = [p.name for p in paths if p not in set(keep)]
         print(f"warning: {len(bad)} image(s) skipped: their file names hold control characters or bytes that "
               f"are not UTF-8, which a CSV cannot carry safely: {', '.join(ascii(n) for n in bad[:10])}",
               file=sys.stderr)
-    if imgs.failed:
-        print(f"warning: {len(imgs.failed)} image(s) could not be read and have no prediction: "
-              + "; ".join(f"{n} ({why[:80]})" for n, why in list(imgs.failed.items())[:10]), file=sys.stderr)
-    if not keep:
-        print(f"warning: no readable image in {images_dir}: writing a header-only CSV", file=sys.stderr)
-    sup, sub = predictor.predict(imgs.images[keep]) if keep else (torch.empty(0), torch.empty(0))
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image", "superclass_index", "subclass_index"])
-    w.writerows(zip([imgs.names[i] for i in keep], sup.tolist(), sub.tolist()))
-    write_text(out, buf.getvalue())
-    return len(keep)
+    failed, written = {}, 0
+    with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        rows = csv.writer(f, lineterminator="\n")
+        rows.writerow(HEADER)
+        with bar(len(keep), "predict") as counter:
+            for start in range(0, len(keep), chunk):
+                imgs = decode_images(keep[start:start + chunk], predictor.data_side, use_cache=False)
+                failed.update(imgs.failed)
+                if imgs.names:
+                    sup, sub = predictor.predict(imgs.images, progress=False)
+                    rows.writerows(zip(imgs.names, sup.tolist(), sub.tolist()))
+                    written += len(imgs.names)
+                counter.update(len(keep[start:start + chunk]))
+    if failed:
+        print(f"warning: {len(failed)} image(s) could not be read and have no prediction: "
+              + "; ".join(f"{n} ({why[:80]})" for n, why in list(failed.items())[:10]), file=sys.stderr)
+    if not written:
+        print(f"warning: no readable image in {images_dir}: wrote a header-only CSV", file=sys.stderr)
+    return written
 
 
 def _encodable(name: str) -> bool:
