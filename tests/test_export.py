@@ -12,13 +12,15 @@ import yaml
 pytest.importorskip("mlflow")
 
 from mlflow.tracking import MlflowClient  # noqa: E402
-from mlflow_server import bad_gateway, server  # noqa: E402,F401 (server: the fixture)
+import mlflow_server  # noqa: E402
 
 from hier_tl.analysis.export import default_artifacts, s3_endpoint  # noqa: E402
 from hier_tl.cli import main  # noqa: E402
 from hier_tl.results.storage import Storage  # noqa: E402
 from hier_tl.train import checkpoint  # noqa: E402
 
+server = mlflow_server.server  # the fixture: a real tracking server on 127.0.0.1
+bad_gateway = mlflow_server.bad_gateway
 ROOT = Path(__file__).resolve().parent.parent
 S3 = "s3://bucket/prefix?region=us-east-1&endpoint_override=127.0.0.1:9&scheme=http"
 
@@ -134,7 +136,7 @@ def _concurrently(tmp: Path, argv: list[str], caches: list[Path]) -> list[subpro
 
 @pytest.mark.slow
 @pytest.mark.parametrize("machines", [1, 2])
-def test_two_concurrent_exports_leave_one_parent_and_one_run_per_trial(server, tmp_path, machines):  # noqa: F811
+def test_two_concurrent_exports_leave_one_parent_and_one_run_per_trial(server, tmp_path, machines):
     """Two real processes export one sweep at the same instant: on one machine they take turns (a lock file);
     on two (each its own cache, so no shared lock) the converge step deletes what the other duplicated."""
     results = _results(tmp_path / "results")

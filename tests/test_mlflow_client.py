@@ -14,7 +14,7 @@ from mlflow_server import bad_gateway, free_port  # noqa: E402
 
 from hier_tl.analysis.mlflow_client import (  # noqa: E402
     KIND, KIND_TAG, TrackingError, connect, export_lock, failure, is_server, keep_earliest, lost_run, mlflow_env,
-    open_experiment, probe, scheme)
+    open_experiment, probe, scheme, shown)
 from hier_tl.core.errors import HierTLError  # noqa: E402
 
 
@@ -69,7 +69,8 @@ def _one_line(e: pytest.ExceptionInfo, *parts: str) -> None:
     pytest.param(lambda d: f"sqlite:///{d}/a-file/mlflow.db", ["cannot write", "a-file"],
                  marks=pytest.mark.slow),  # SQLAlchemy's first start: seconds
     (lambda d: f"file://{d}/a-file", ["cannot write", "a-file"]),
-    pytest.param(lambda d: "postgresql://u@127.0.0.1:9/db", ["needs the Python package psycopg", "pip install"],
+    pytest.param(lambda d: "postgresql://u:secret@127.0.0.1:9/db",
+                 ["--tracking-uri postgresql://u:***@127.0.0.1:9/db needs the Python package psycopg", "pip install"],
                  marks=pytest.mark.skipif(importlib.util.find_spec("psycopg") is not None,
                                           reason="psycopg is installed")),
 ])
@@ -78,7 +79,19 @@ def test_an_unusable_tracking_uri_is_one_line_naming_it(tmp_path, make_uri, word
     uri = make_uri(tmp_path)
     with mlflow_env(uri), pytest.raises(TrackingError) as e:
         connect(uri)
-    _one_line(e, f"--tracking-uri {uri}", *words)
+    _one_line(e, f"--tracking-uri {shown(uri)}", *words)
+    assert "secret" not in str(e.value)
+
+
+@pytest.mark.parametrize("uri, want", [
+    ("postgresql://u:secret@127.0.0.1:5432/db", "postgresql://u:***@127.0.0.1:5432/db"),
+    ("https://u:secret@mlflow.example.org", "https://u:***@mlflow.example.org"),
+    ("http://u@127.0.0.1:5000", "http://u@127.0.0.1:5000"),
+    ("sqlite:////runs/mlflow.db", "sqlite:////runs/mlflow.db"),
+    ("/runs/mlruns", "/runs/mlruns"),
+])
+def test_messages_show_a_uri_without_its_password(uri, want):
+    assert shown(uri) == want
 
 
 @pytest.mark.parametrize("make_uri", [lambda d: (d / "plain").as_posix(), lambda d: (d / "fs").as_uri()])

@@ -11,9 +11,12 @@ pytest.importorskip("mlflow")
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from mlflow_server import free_port, server  # noqa: E402,F401 (server: the fixture)
+import mlflow_server  # noqa: E402
 
 from hier_tl.analysis.mlflow_export import export_mlflow  # noqa: E402
+
+server = mlflow_server.server  # the fixture: a real tracking server on 127.0.0.1
+free_port = mlflow_server.free_port
 
 CONFIG_KEYS = ["lr", "backbone", "depth", "mixup_alpha", "seed", "threshold"]
 STATUSES = {"t0": ("completed", "FINISHED"), "t1": ("interrupted", "KILLED"), "t2": ("errored", "FAILED")}
@@ -142,7 +145,6 @@ def test_reexport_is_idempotent_and_incremental(server, tmp_path):
     assert len(client.search_runs([first["experiment_id"]])) == 5
 
 
-@pytest.mark.slow
 def test_unreachable_server_raises_quickly():
     port = free_port()  # closed again: nothing listens there
     trials = _trials()
@@ -264,3 +266,24 @@ def test_an_export_whose_parent_a_concurrent_export_deleted_starts_again_into_th
     for rs in kids.values():
         assert rs[0].data.tags["mlflow.parentRunId"] == out["parent_run_id"]
         assert sorted(m.step for m in client.get_metric_history(rs[0].info.run_id, "objective")) == [1, 2, 3]
+
+
+def test_params_a_concurrent_export_logged_meanwhile_are_kept_not_fatal(tmp_path, monkeypatch):
+    """Between our search and our write, another export logged t1's params (here a different lr): the
+    refused write is retried against the run as it is now, which keeps its value and says so."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri, trials = _file_store(tmp_path), _trials()
+    first = _export(uri, "p", trials.iloc[:1], _epochs(trials.iloc[:1]))  # t0 only: t1 and t2 are new next time
+    client, lines = MlflowClient(uri), []
+
+    def log(line):
+        lines.append(line)
+        if line.startswith("mlflow: trial t0"):  # t1's run exists (created with the others), not yet synced
+            t1 = _children(client, first)["t1"]
+            client.log_param(t1.info.run_id, "lr", "999")
+
+    out = export_mlflow(trials, _epochs(trials), _meta("p"), uri, "file:///results/p", log=log)
+    assert out["created"] == 2
+    t1 = _children(client, first)["t1"]
+    assert t1.data.params["lr"] == "999" and t1.data.params["backbone"] == "resnet18"
+    assert f"mlflow: run {t1.info.run_id}: param lr='999' kept (now '0.001'; params are immutable)" in lines

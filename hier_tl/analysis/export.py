@@ -11,7 +11,7 @@ from ..core.errors import HierTLError
 from ..results.reading import best_trial, load_results, trial_checkpoint
 from ..results.storage import Storage
 from ..train.train_config import CONFIG_KEYS
-from .mlflow_client import is_server
+from .mlflow_client import is_server, shown
 
 ARTIFACTS = "mlflow-artifacts"  # the folder beside the results that --artifact-location defaults to
 
@@ -65,7 +65,7 @@ def export_mlflow(uri: str, tracking_uri: str, experiment: str | None = None, ar
                                               env={"MLFLOW_S3_ENDPOINT_URL": endpoint} if endpoint else None)
         except ImportError as e:
             raise HierTLError(str(e)) from None
-    log(f"exported {len(res.trials)} trial(s) to {tracking_uri}: {out['created']} new run(s), {out['updated']} "
+    log(f"exported {len(res.trials)} trial(s) to {shown(tracking_uri)}: {out['created']} new run(s), {out['updated']} "
         f"updated, {out['metrics_logged']} metric values (experiment {out['experiment_id']}, parent run "
         f"{out['parent_run_id']})")
     return out

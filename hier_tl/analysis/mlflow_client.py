@@ -65,6 +65,15 @@ def is_server(uri: str) -> bool:
     return scheme(uri) in SERVER_SCHEMES
 
 
+def shown(uri: str) -> str:
+    """`uri` as messages print it: a password in it (postgresql://user:PASSWORD@host/db) as ***."""
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        return uri
+    return uri.replace(f":{password}@", ":***@") if password else uri
+
+
 def _is_file_store(uri: str) -> bool:
     return scheme(uri) in ("", "file")
 
@@ -98,16 +107,16 @@ def probe(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
     except urllib.error.HTTPError as e:
         if e.code >= 500:
-            raise TrackingError(f"MLflow tracking server {uri} answers {e.code} {e.reason}: start it (or fix the "
-                                "proxy in front of it) and export again") from None
+            raise TrackingError(f"MLflow tracking server {shown(uri)} answers {e.code} {e.reason}: start it (or fix "
+                                "the proxy in front of it) and export again") from None
         # 4xx (auth, a proxy prefix...): it answered, MLflow's requests say the rest
     except urllib.error.URLError as e:
         if isinstance(e.reason, ssl.SSLError):
             return  # TLS settings are MLflow's business (MLFLOW_TRACKING_INSECURE_TLS...)
-        raise TrackingError(f"MLflow tracking server {uri} is unreachable ({e.reason}): start it or fix "
+        raise TrackingError(f"MLflow tracking server {shown(uri)} is unreachable ({e.reason}): start it or fix "
                             "--tracking-uri") from None
     except OSError as e:  # timeouts, resets
-        raise TrackingError(f"MLflow tracking server {uri} is unreachable ({e}): start it or fix "
+        raise TrackingError(f"MLflow tracking server {shown(uri)} is unreachable ({e}): start it or fix "
                             "--tracking-uri") from None
 
 
@@ -128,47 +137,56 @@ def connect(uri: str):
 
 def _unusable(uri: str, e: Exception) -> TrackingError | None:
     """Why MLflow cannot open `uri`, as one line (None: not an error of MLflow or of the environment)."""
+    if is_server(uri) and is_mlflow_error(e):
+        return failure(uri, e)
+    u = shown(uri)
     if isinstance(e, ImportError):
-        return TrackingError(f"--tracking-uri {uri} needs the Python package {e.name or e}: pip install it "
-                             f"(or {USABLE})")
+        return TrackingError(f"--tracking-uri {u} needs the Python package {e.name or e}: pip install it (or {USABLE})")
     if "unsupported URI" in str(e):
-        return TrackingError(f"--tracking-uri {uri}: MLflow has no store for {scheme(uri)!r} URIs; {USABLE}")
-    if _is_mlflow_error(e):
-        return failure(uri, e) if is_server(uri) else \
-            TrackingError(f"--tracking-uri {uri}: MLflow cannot use it ({_first_sentence(e)}); {USABLE}")
+        return TrackingError(f"--tracking-uri {u}: MLflow has no store for {scheme(uri)!r} URIs; {USABLE}")
+    if is_mlflow_error(e):
+        return TrackingError(f"--tracking-uri {u}: MLflow cannot use it ({_first_sentence(e, uri)}); {USABLE}")
     if isinstance(e, OSError):
-        return TrackingError(f"--tracking-uri {uri}: cannot write {e.filename or 'there'} ({describe(e)}): give a "
+        return TrackingError(f"--tracking-uri {u}: cannot write {e.filename or 'there'} ({describe(e)}): give a "
                              f"place you can write; {USABLE}")
     return None
 
 
-def _is_mlflow_error(e: BaseException) -> bool:
+def is_mlflow_error(e: BaseException) -> bool:
     """An error of MLflow, of its HTTP client or of its database layer (not a bug of ours)."""
     return type(e).__module__.split(".")[0] in ("mlflow", "requests", "urllib3", "sqlalchemy")
 
 
-def _first_sentence(e: BaseException) -> str:
+def _one_line(e: BaseException, uri: str) -> str:
+    """`e`'s message on one line, without the password of `uri`."""
     text = " ".join(str(e).split()) or type(e).__name__
+    password = shown(uri) != uri and urlsplit(uri).password
+    return text.replace(password, "***") if password else text
+
+
+def _first_sentence(e: BaseException, uri: str) -> str:
+    text = _one_line(e, uri)
     return re.split(r"(?<=[.;])\s", text, maxsplit=1)[0][:300]
 
 
 def failure(uri: str, e: BaseException) -> TrackingError | None:
     """`e`, raised while exporting to `uri`, as one line; None if it is not MLflow's (a bug: keep it)."""
-    if not _is_mlflow_error(e):
+    if not is_mlflow_error(e):
         return None
-    text = " ".join(str(e).split())
+    text = _one_line(e, uri)
     if is_server(uri) and ("API request to" in text or type(e).__module__.startswith(("requests", "urllib3"))):
         why = re.search(r"Caused by \w+\(['\"]?(.*?)['\"]?\)\)?$", text)
         retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
-        return TrackingError(f"MLflow tracking server {uri} failed ({why.group(1) if why else text[:200]}) after "
-                             f"{retries} retries: check that it is up, or wait longer with MLFLOW_HTTP_REQUEST_MAX_"
-                             "RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT, then export again")
-    return TrackingError(f"MLflow at {uri}: {text[:300]}")
+        reason = why.group(1) if why else text[:200]
+        return TrackingError(f"MLflow tracking server {shown(uri)} failed ({reason}) after {retries} retries: check "
+                             "that it is up, or wait longer with MLFLOW_HTTP_REQUEST_MAX_RETRIES / "
+                             "MLFLOW_HTTP_REQUEST_TIMEOUT, then export again")
+    return TrackingError(f"MLflow at {shown(uri)}: {text[:300]}")
 
 
 def lost_run(e: BaseException) -> bool:
     """Did a write fail because its run was deleted (by a concurrent export's `keep_earliest`)?"""
-    return _is_mlflow_error(e) and "'active'" in str(e)
+    return is_mlflow_error(e) and "'active'" in str(e)
 
 
 def open_experiment(client, name: str, artifact_location: str | None, log: Callable) -> str:
@@ -179,7 +197,7 @@ def open_experiment(client, name: str, artifact_location: str | None, log: Calla
         try:
             eid = client.create_experiment(name, artifact_location=artifact_location, tags={KIND_TAG: KIND})
         except Exception as e:  # created meanwhile by a concurrent export
-            if not _is_mlflow_error(e) or getattr(e, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            if not is_mlflow_error(e) or getattr(e, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
                 raise
         else:
             log(f"mlflow: new experiment {name!r}, artifacts in {client.get_experiment(eid).artifact_location}")
@@ -260,7 +278,7 @@ def export_lock(tracking_uri: str, experiment_name: str, sweep_uri: str, log: Ca
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log(f"mlflow: waiting for another export of {sweep_uri} to {tracking_uri} to finish")
+            log(f"mlflow: waiting for another export of {sweep_uri} to {shown(tracking_uri)} to finish")
             fcntl.flock(f, fcntl.LOCK_EX)
         except OSError:  # a file system without locks: the converge step still keeps one run per key
             pass

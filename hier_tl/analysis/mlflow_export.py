@@ -22,8 +22,8 @@ import pandas as pd
 
 from ..core.numbers import finite as _finite
 from ..core.numbers import missing
-from .mlflow_client import (connect, export_lock, failure, keep_earliest, lost_run, mlflow_env, open_experiment,
-                            quote, require_mlflow, search_all)
+from .mlflow_client import (connect, export_lock, failure, is_mlflow_error, keep_earliest, lost_run, mlflow_env,
+                            open_experiment, quote, require_mlflow, search_all)
 
 SWEEP_URI_TAG = "hier_tl.sweep_uri"
 SWEEP_NAME_TAG = "hier_tl.sweep_name"
@@ -57,16 +57,22 @@ def _key(name: Any) -> str:
     return re.sub(r"[^\w\-. /]", "_", str(name))
 
 
-def _sync_params(client, run, params: dict[str, str], Param, log: Callable) -> int:
-    """Log the params `run` lacks (MLflow params are immutable: a changed value is reported, not logged)."""
+def _sync_params(client, run, params: dict[str, str], Param, log: Callable, again: bool = True) -> int:
+    """Log the params `run` lacks (MLflow params are immutable: a changed value is reported, not logged). A
+    refused write is tried once more against the run as it is now: a concurrent export may have logged them."""
     have = run.data.params
     new = [Param(k, v) for k, v in params.items() if k not in have]
     for k in params.keys() & have.keys():
         if have[k] != params[k]:
             log(f"mlflow: run {run.info.run_id}: param {k}={have[k]!r} kept (now {params[k]!r}; params are immutable)")
     rid = run.info.run_id
-    for i in range(0, len(new), _PARAMS_PER_CALL):
-        client.log_batch(rid, params=new[i:i + _PARAMS_PER_CALL])
+    try:
+        for i in range(0, len(new), _PARAMS_PER_CALL):
+            client.log_batch(rid, params=new[i:i + _PARAMS_PER_CALL])
+    except Exception as e:
+        if not again or not is_mlflow_error(e):
+            raise
+        return _sync_params(client, client.get_run(rid), params, Param, log, again=False)
     return len(new)
 
 
