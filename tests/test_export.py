@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 S3 = "s3://bucket/prefix?region=us-east-1&endpoint_override=127.0.0.1:9&scheme=http"
 
 
-def _results(root: Path, name: str = "sw") -> str:
+def _results(root: Path | str, name: str = "sw") -> str:
     """A finished two-trial sweep folder as `hier-tl sweep` writes it (t1 is the best and has a checkpoint)."""
     st = Storage(str(root), name)
     st.write_text("sweep.yaml", yaml.safe_dump({"name": name, "search": {"algo": "grid"},
@@ -101,6 +101,30 @@ def test_artifact_location_puts_the_checkpoint_there(tmp_path, capsys):
     assert f"artifacts in {arts.as_uri()}" in capsys.readouterr().out
     assert [p.name for p in arts.rglob("*.pt")] == ["checkpoint.pt"]
     assert not (Path(results) / "mlflow-artifacts").exists()
+
+
+@pytest.mark.slow
+def test_object_store_results_keep_artifacts_in_their_bucket(tmp_path, monkeypatch, capsys):
+    """s3:// results on a real S3-compatible server (moto) on 127.0.0.1: the checkpoint goes to
+    <results>/mlflow-artifacts in the bucket, through the results' endpoint_override."""
+    moto_server = pytest.importorskip("moto.server")
+    import boto3
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(k, v)
+    port = mlflow_server.free_port()
+    s3 = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    s3.start()
+    try:
+        bucket = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+        bucket.create_bucket(Bucket="hier")
+        results = _results(f"s3://hier/sweeps?region=us-east-1&endpoint_override=127.0.0.1:{port}&scheme=http")
+        assert main(["export", "mlflow", results, "--tracking-uri", (tmp_path / "mlruns").as_uri()]) == 0
+        assert "artifacts in s3://hier/sweeps/sw/mlflow-artifacts" in capsys.readouterr().out
+        keys = [o["Key"] for o in bucket.list_objects_v2(Bucket="hier", Prefix="sweeps/sw/mlflow-artifacts/")["Contents"]]
+        assert len(keys) == 1 and keys[0].endswith("/artifacts/checkpoint/checkpoint.pt")
+    finally:
+        s3.stop()
 
 
 # Imports first, then the start both processes wait for: their exports overlap whatever the machine's load.

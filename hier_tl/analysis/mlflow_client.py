@@ -153,8 +153,9 @@ def _unusable(uri: str, e: Exception) -> TrackingError | None:
 
 
 def is_mlflow_error(e: BaseException) -> bool:
-    """An error of MLflow, of its HTTP client or of its database layer (not a bug of ours)."""
-    return type(e).__module__.split(".")[0] in ("mlflow", "requests", "urllib3", "sqlalchemy")
+    """An error of MLflow, its HTTP client, its database layer or an artifact store's client (not a bug of ours)."""
+    return type(e).__module__.split(".")[0] in ("mlflow", "requests", "urllib3", "sqlalchemy", "botocore", "boto3",
+                                                "google", "azure")
 
 
 def _one_line(e: BaseException, uri: str) -> str:
