@@ -127,9 +127,12 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from .analysis.mlflow_client import probe
+
+    probe(args.tracking_uri)  # a server that is down or failing: one line now, before the results are read
     from .analysis.export import export_mlflow
 
-    export_mlflow(args.results, args.tracking_uri, args.experiment)
+    export_mlflow(args.results, args.tracking_uri, args.experiment, args.artifact_location)
     return 0
 
 
@@ -242,11 +245,19 @@ def _add_results(sub) -> None:
     pr.add_argument("--all-variants", action="store_true",
                     help="one CSV per backbone x depth (its best trial), named OUT_<backbone>_<depth>.csv")
     pr.set_defaults(fn=cmd_predict)
-    ex = sub.add_parser("export", help="export a sweep to a tracker (mlflow)")
+    ex = sub.add_parser("export", help="export a sweep to a tracker (mlflow)",
+                        description="Export a sweep to MLflow: one parent run, a nested run per trial (config as "
+                        "params, every epoch's metrics), the best trial's checkpoint as an artifact. Exporting again "
+                        "adds only what is new; concurrent exports of one sweep leave one run per trial.")
     ex.add_argument("tracker", choices=("mlflow",))
     ex.add_argument("results", help=where)
-    ex.add_argument("--tracking-uri", required=True, help="MLflow tracking server, e.g. http://127.0.0.1:5000")
+    ex.add_argument("--tracking-uri", required=True, help="MLflow tracking server (http://127.0.0.1:5000), database "
+                    "(sqlite:///path/mlflow.db) or file store (file:///path/mlruns)")
     ex.add_argument("--experiment", help="MLflow experiment (default hier-tl/<sweep name>)")
+    ex.add_argument("--artifact-location", metavar="URI", help="where a new experiment keeps its artifacts (the best "
+                    "trial's checkpoint). Default: a tracking server's own artifact store; for a database or file "
+                    "store, beside the results: <results folder>/mlflow-artifacts (for s3:// or gs:// results, that "
+                    "folder in the bucket); never the working directory")
     ex.set_defaults(fn=cmd_export)
     cl = sub.add_parser("cleanup", help="stop Ray processes left behind by a killed hier-tl driver")
     cl.set_defaults(fn=cmd_cleanup)

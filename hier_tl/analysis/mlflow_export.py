@@ -1,22 +1,20 @@
-"""Export a sweep's Parquet results (trials + per-epoch metrics) to an MLflow tracking server.
+"""Export a sweep's Parquet results (trials + per-epoch metrics) to MLflow: a tracking server, a database or
+a file store (`mlflow_client` opens the URI and words its failures).
 
 One experiment (default ``hier-tl/<sweep name>``), one parent run per sweep (found again by its tag
 ``hier_tl.sweep_uri``) and one nested child run per trial (found by ``hier_tl.trial_id`` under that parent).
 The export is idempotent and incremental: a child records the last epoch it holds in the tag
 ``hier_tl.epochs_exported`` (written in the same ``log_batch`` call as that epoch's metrics), so exporting
-again logs only epochs, trials, tags, params and final metrics that are new or changed.
+again logs only epochs, trials, tags, params and final metrics that are new or changed. Concurrent exports
+of one sweep leave one parent and one child per trial (see `mlflow_client`).
 
-A leaf module: stdlib and pandas only; mlflow is imported inside functions (``pip install 'hier-tl[mlflow]'``).
+stdlib and pandas only; mlflow is imported inside functions (``pip install 'hier-tl[mlflow]'``).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import ssl
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +22,8 @@ import pandas as pd
 
 from ..core.numbers import finite as _finite
 from ..core.numbers import missing
+from .mlflow_client import (connect, export_lock, failure, is_mlflow_error, keep_earliest, lost_run, mlflow_env,
+                            open_experiment, quote, require_mlflow, search_all)
 
 SWEEP_URI_TAG = "hier_tl.sweep_uri"
 SWEEP_NAME_TAG = "hier_tl.sweep_name"
@@ -39,57 +39,7 @@ _NOT_METRICS = {"trial_id", "epoch", "time"}
 _METRICS_PER_CALL = 999  # + the watermark tag = MLflow's limit of 1000 entities per log_batch
 _PARAMS_PER_CALL = 100
 _MAX_PARAM, _MAX_TAG = 6000, 5000
-_PROBE_TIMEOUT_S = 5.0
-
-
-def _require_mlflow():
-    """The MLflow classes used here, or an ImportError that says how to install them."""
-    try:
-        from mlflow.entities import Metric, Param, RunTag
-        from mlflow.tracking import MlflowClient
-    except ImportError as e:
-        raise ImportError(f"exporting to MLflow needs mlflow ({e}): pip install 'hier-tl[mlflow]'") from e
-    return MlflowClient, Metric, Param, RunTag
-
-
-def _probe(uri: str, timeout: float = _PROBE_TIMEOUT_S) -> None:
-    """Raise ConnectionError at once if an http(s) tracking server does not answer (MLflow would retry for minutes)."""
-    if not uri.lower().startswith(("http://", "https://")):
-        return  # file:, sqlite:, databricks...: nothing to probe
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return  # it answered (auth, proxy prefix...): reachable
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, ssl.SSLError):
-            return  # TLS settings are MLflow's business (MLFLOW_TRACKING_INSECURE_TLS...)
-        raise ConnectionError(f"MLflow tracking server {uri} is unreachable: {e.reason}") from None
-    except OSError as e:  # timeouts, resets
-        raise ConnectionError(f"MLflow tracking server {uri} is unreachable: {e}") from None
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Keep MLflow from printing a 'View run' URL for every run it terminates (unless the user chose)."""
-    key = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
-    old = os.environ.get(key)
-    os.environ.setdefault(key, "true")
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-
-
-def _quote(value: str) -> str:
-    """A string literal for an MLflow filter string."""
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    raise ValueError(f"cannot search MLflow for a value with both quote kinds: {value!r}")
-
-
+_ATTEMPTS = 3  # an export whose run a concurrent export deleted (keeping its twin) starts again
 
 
 def _ms(v: Any, now_ms: int) -> int:
@@ -107,40 +57,22 @@ def _key(name: Any) -> str:
     return re.sub(r"[^\w\-. /]", "_", str(name))
 
 
-def _search_all(client, experiment_id: str, filter_string: str) -> list:
-    """Every active run of the experiment matching `filter_string`, all pages."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
-                                  page_token=token, order_by=["attributes.start_time ASC"])
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _experiment(client, name: str, log: Callable) -> str:
-    """The id of experiment `name`, created (or restored from the bin) if need be."""
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        log(f"mlflow: new experiment {name!r}")
-        return client.create_experiment(name)
-    if exp.lifecycle_stage == "deleted":
-        log(f"mlflow: restoring deleted experiment {name!r}")
-        client.restore_experiment(exp.experiment_id)
-    return exp.experiment_id
-
-
-def _sync_params(client, run, params: dict[str, str], Param, log: Callable) -> int:
-    """Log the params `run` lacks (MLflow params are immutable: a changed value is reported, not logged)."""
+def _sync_params(client, run, params: dict[str, str], Param, log: Callable, again: bool = True) -> int:
+    """Log the params `run` lacks (MLflow params are immutable: a changed value is reported, not logged). A
+    refused write is tried once more against the run as it is now: a concurrent export may have logged them."""
     have = run.data.params
     new = [Param(k, v) for k, v in params.items() if k not in have]
     for k in params.keys() & have.keys():
         if have[k] != params[k]:
             log(f"mlflow: run {run.info.run_id}: param {k}={have[k]!r} kept (now {params[k]!r}; params are immutable)")
     rid = run.info.run_id
-    for i in range(0, len(new), _PARAMS_PER_CALL):
-        client.log_batch(rid, params=new[i:i + _PARAMS_PER_CALL])
+    try:
+        for i in range(0, len(new), _PARAMS_PER_CALL):
+            client.log_batch(rid, params=new[i:i + _PARAMS_PER_CALL])
+    except Exception as e:
+        if not again or not is_mlflow_error(e):
+            raise
+        return _sync_params(client, client.get_run(rid), params, Param, log, again=False)
     return len(new)
 
 
@@ -231,18 +163,19 @@ def _log_epochs(client, run_id: str, batches: list[tuple[int, list]], RunTag) ->
     return n + flush() if last is not None else n
 
 
-def _export_trial(client, eid: str, parent_id: str, row: dict, rows: pd.DataFrame, run, config_keys: list,
-                  api: tuple, log: Callable) -> tuple[Any, int, int]:
-    """Create or bring up to date the child run of one trial: (run, changes made, metrics logged)."""
-    Metric, Param, RunTag = api
-    tid = str(row["trial_id"])
+def _times(rows: pd.DataFrame) -> list[int]:
+    """The trial's epoch times in ms (none where the table has no times)."""
     times = [_ms(t, 0) for t in rows["time"]] if "time" in rows else []
-    times = [t for t in times if t > 0]
-    tags = _trial_tags(row, tid, parent_id)
-    if run is None:
-        run = client.create_run(eid, start_time=min(times) if times else None, tags=tags, run_name=tid)
+    return [t for t in times if t > 0]
+
+
+def _export_trial(client, parent_id: str, row: dict, rows: pd.DataFrame, run, config_keys: list,
+                  api: tuple, log: Callable) -> tuple[int, int]:
+    """Bring the child run of one trial up to date: (changes made, metrics logged)."""
+    Metric, Param, RunTag = api
     params = {_key(k): _text(row[k])[:_MAX_PARAM] for k in config_keys if k in row and not missing(row[k])}
-    changes = _sync_tags(client, run, tags, RunTag) + _sync_params(client, run, params, Param, log)
+    changes = _sync_tags(client, run, _trial_tags(row, str(row["trial_id"]), parent_id), RunTag) + \
+        _sync_params(client, run, params, Param, log)
     try:
         since = int(run.data.tags.get(EPOCHS_TAG, 0))
     except ValueError:
@@ -252,18 +185,29 @@ def _export_trial(client, eid: str, parent_id: str, row: dict, rows: pd.DataFram
     step = int(_finite(row.get("epochs_run")) or 0)
     n += _sync_metrics(client, run, _trial_summary(row, set(config_keys)), step, Metric)
     status = _STATUS.get(str(row.get("status", "")).lower(), "RUNNING")
-    end = max(times) if times else int(time.time() * 1000)
-    changes += _set_status(client, run, status, end)
-    return run, changes, n
+    times = _times(rows)
+    changes += _set_status(client, run, status, max(times) if times else int(time.time() * 1000))
+    return changes, n
 
 
 def _parent_run(client, eid: str, meta: dict, sweep_uri: str, api: tuple, log: Callable):
-    """The sweep's parent run, found by its `hier_tl.sweep_uri` tag or created; its params synced from `meta`."""
-    name = str(meta["name"])
-    found = [r for r in _search_all(client, eid, f"tags.`{SWEEP_URI_TAG}` = {_quote(sweep_uri)}")
-             if r.data.tags.get(SWEEP_URI_TAG) == sweep_uri and PARENT_TAG not in r.data.tags]
-    run = found[0] if found else client.create_run(
-        eid, run_name=name, tags={SWEEP_URI_TAG: sweep_uri, SWEEP_NAME_TAG: name})
+    """The sweep's parent run, found by its `hier_tl.sweep_uri` tag or created (the earliest one kept if
+    concurrent exports created several); its params synced from `meta`."""
+    name, flt = str(meta["name"]), f"tags.`{SWEEP_URI_TAG}` = {quote(sweep_uri)}"
+
+    def key(r):
+        return "parent" if r.data.tags.get(SWEEP_URI_TAG) == sweep_uri and PARENT_TAG not in r.data.tags else None
+
+    kept, _ = keep_earliest(client, search_all(client, eid, flt), key, log)
+    if not kept:
+        mine = client.create_run(eid, run_name=name, tags={SWEEP_URI_TAG: sweep_uri, SWEEP_NAME_TAG: name})
+        kept, _ = keep_earliest(client, search_all(client, eid, flt), key, log)
+        kept.setdefault("parent", mine)
+    run = kept["parent"]
+    for gone in search_all(client, eid, flt, deleted=True):  # a deleted parent's children: no longer ours
+        for child in search_all(client, eid, f"tags.`{PARENT_TAG}` = {quote(gone.info.run_id)}"):
+            log(f"mlflow: run {child.info.run_id}: its parent {gone.info.run_id} was deleted: deleted")
+            client.delete_run(child.info.run_id)
     params = {}
     for k, v in meta.items():
         if k in ("name", "best_trial_id") or missing(v):
@@ -273,15 +217,13 @@ def _parent_run(client, eid: str, meta: dict, sweep_uri: str, api: tuple, log: C
     return run
 
 
-def _children(client, eid: str, parent_id: str) -> dict[str, Any]:
-    """The parent's child runs by their `hier_tl.trial_id` tag (the earliest one if a trial has several)."""
-    runs = _search_all(client, eid, f"tags.`{PARENT_TAG}` = {_quote(parent_id)}")
-    out = {}
-    for r in runs:
-        tid = r.data.tags.get(TRIAL_ID_TAG)
-        if tid is not None and r.data.tags.get(PARENT_TAG) == parent_id:
-            out.setdefault(tid, r)
-    return out
+def _children(client, eid: str, parent_id: str, log: Callable) -> dict[str, Any]:
+    """The parent's child runs by their `hier_tl.trial_id` tag; of several for one trial (concurrent exports)
+    the earliest is kept and the others are deleted."""
+    def key(r):
+        return r.data.tags.get(TRIAL_ID_TAG) if r.data.tags.get(PARENT_TAG) == parent_id else None
+
+    return keep_earliest(client, search_all(client, eid, f"tags.`{PARENT_TAG}` = {quote(parent_id)}"), key, log)[0]
 
 
 def _log_checkpoint(client, run_id: str, path: Path) -> bool:
@@ -300,58 +242,83 @@ def _log_checkpoint(client, run_id: str, path: Path) -> bool:
 
 def _export_children(client, eid: str, pid: str, trials: pd.DataFrame, epochs: pd.DataFrame | None, meta: dict,
                      api: tuple, log: Callable) -> tuple[dict, list, int, int, int]:
-    """Export every trial as a child of run `pid`: (run id by trial id, MLflow statuses, created, updated, metrics)."""
+    """Export every trial as a child of run `pid`: (run id by trial id, MLflow statuses, created, updated, metrics).
+    New runs are created first, all together, then converged; only then is anything logged to them."""
     keys = list(meta.get("config_keys") or [])
     if epochs is None or "epoch" not in epochs:
         epochs = pd.DataFrame(columns=["trial_id", "epoch"])
     by_trial = {str(t): g for t, g in epochs.groupby(epochs["trial_id"].astype(str), sort=False)}
-    existing = _children(client, eid, pid)
-    runs, statuses, created, updated, logged = {}, [], 0, 0, 0
-    for row in trials.to_dict("records"):
+    records = trials.to_dict("records")
+    existing = _children(client, eid, pid, log)
+    new = {str(r["trial_id"]) for r in records} - set(existing)
+    for row in (r for r in records if str(r["trial_id"]) in new):
+        tid, times = str(row["trial_id"]), _times(by_trial.get(str(row["trial_id"]), epochs.iloc[:0]))
+        client.create_run(eid, start_time=min(times) if times else None, tags=_trial_tags(row, tid, pid), run_name=tid)
+    if new:
+        existing = _children(client, eid, pid, log)
+    runs, statuses, updated, logged = {}, [], 0, 0
+    for row in records:
         tid = str(row["trial_id"])
-        old = existing.get(tid)
-        run, changes, n = _export_trial(client, eid, pid, row, by_trial.get(tid, epochs.iloc[:0]), old, keys, api, log)
+        run = existing[tid]
+        changes, n = _export_trial(client, pid, row, by_trial.get(tid, epochs.iloc[:0]), run, keys, api, log)
         runs[tid], logged = run.info.run_id, logged + n
-        created += old is None
-        updated += old is not None and bool(changes or n)
+        updated += tid not in new and bool(changes or n)
         statuses.append(_STATUS.get(str(row.get("status", "")).lower(), "RUNNING"))
-        verb = "new run" if old is None else ("updated" if changes or n else "unchanged")
+        verb = "new run" if tid in new else ("updated" if changes or n else "unchanged")
         log(f"mlflow: trial {tid} [{row.get('status')}] {verb} {run.info.run_id}: {n} metrics")
-    return runs, statuses, created, updated, logged
+    return runs, statuses, len(new), updated, logged
 
 
 def export_mlflow(trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict, tracking_uri: str, sweep_uri: str,
                   checkpoint: str | os.PathLike | None = None, experiment: str | None = None,
-                  log: Callable[[str], Any] = print) -> dict:
+                  artifact_location: str | None = None, log: Callable[[str], Any] = print,
+                  env: dict[str, str] | None = None) -> dict:
     """Export a sweep to MLflow: a parent run for the sweep, a nested run per trial with its config as params,
     per-epoch metrics (step = epoch), final metrics and status; the best trial's `checkpoint` as an artifact.
+    `artifact_location` is where a new experiment keeps artifacts (None: the tracking store's default); `env`
+    holds MLflow settings for this export (MLFLOW_S3_ENDPOINT_URL...) that the user's environment overrides.
 
     Idempotent and incremental: runs are found again by tags and only what is new is logged. Returns
-    {"experiment_id", "parent_run_id", "created", "updated", "metrics_logged"}. Raises ConnectionError when an
-    http(s) tracking server does not answer, ImportError when mlflow is not installed.
+    {"experiment_id", "parent_run_id", "created", "updated", "metrics_logged"}. Raises TrackingError (one line)
+    when the tracking URI cannot be used, ImportError when mlflow is not installed.
     """
-    MlflowClient, Metric, Param, RunTag = _require_mlflow()
-    api = (Metric, Param, RunTag)
+    api = require_mlflow()[1:]
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and not ckpt.exists():
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
-    _probe(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    name = experiment or f"hier-tl/{meta['name']}"
+    with mlflow_env(tracking_uri, env), export_lock(tracking_uri, name, sweep_uri, log):
+        client = connect(tracking_uri)
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                eid = open_experiment(client, name, artifact_location, log)
+                return _export(client, eid, trials, epochs, meta, sweep_uri, ckpt, api, log)
+            except Exception as e:
+                if attempt < _ATTEMPTS and lost_run(e):
+                    log("mlflow: a concurrent export kept its own run of this sweep: exporting again into it")
+                    continue
+                err = failure(tracking_uri, e)
+                if err is None:
+                    raise
+                raise err from None
+
+
+def _export(client, eid: str, trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict, sweep_uri: str,
+            ckpt: Path | None, api: tuple, log: Callable) -> dict:
+    """One pass of `export_mlflow` into experiment `eid`."""
     best = meta.get("best_trial_id")
-    with _quiet():
-        eid = _experiment(client, experiment or f"hier-tl/{meta['name']}", log)
-        parent = _parent_run(client, eid, meta, sweep_uri, api, log)
-        pid = parent.info.run_id
-        runs, statuses, created, updated, logged = _export_children(client, eid, pid, trials, epochs, meta, api, log)
-        if ckpt is not None:
-            if best is None or str(best) not in runs:
-                log(f"mlflow: checkpoint {ckpt} not logged: best trial {best!r} is not among the trials")
-            elif _log_checkpoint(client, runs[str(best)], ckpt):
-                log(f"mlflow: trial {best}: checkpoint {ckpt.name} logged")
-        ptags = {"hier_tl.n_trials": str(len(runs))}
-        if best is not None and str(best) in runs:
-            ptags.update({"hier_tl.best_trial_id": str(best), "hier_tl.best_run_id": runs[str(best)]})
-        _sync_tags(client, parent, ptags, RunTag)
-        _set_status(client, parent, "RUNNING" if "RUNNING" in statuses else "FINISHED", int(time.time() * 1000))
+    parent = _parent_run(client, eid, meta, sweep_uri, api, log)
+    pid = parent.info.run_id
+    runs, statuses, created, updated, logged = _export_children(client, eid, pid, trials, epochs, meta, api, log)
+    if ckpt is not None:
+        if best is None or str(best) not in runs:
+            log(f"mlflow: checkpoint {ckpt} not logged: best trial {best!r} is not among the trials")
+        elif _log_checkpoint(client, runs[str(best)], ckpt):
+            log(f"mlflow: trial {best}: checkpoint {ckpt.name} logged")
+    ptags = {"hier_tl.n_trials": str(len(runs))}
+    if best is not None and str(best) in runs:
+        ptags.update({"hier_tl.best_trial_id": str(best), "hier_tl.best_run_id": runs[str(best)]})
+    _sync_tags(client, parent, ptags, api[2])
+    _set_status(client, parent, "RUNNING" if "RUNNING" in statuses else "FINISHED", int(time.time() * 1000))
     return {"experiment_id": eid, "parent_run_id": pid, "created": created, "updated": updated,
             "metrics_logged": logged}
