@@ -39,3 +39,9 @@ def test_names_are_single_path_segments(tmp_path, name):
 
 
 
+
+
+def test_a_file_uri_names_the_same_local_folder_as_its_path(tmp_path):
+    for uri in (f"file://{tmp_path}/sweep", str(tmp_path / "sweep")):
+        st = Storage.open(uri)
+        assert (st.uri, st.name, st.is_local) == (str(tmp_path / "sweep"), "sweep", True)

@@ -52,6 +52,7 @@ class Storage:
     def open(cls, uri: str) -> "Storage":
         """The sweep folder at `uri` (what a sweep prints as its results)."""
         uri = str(uri)
+        uri = uri.removeprefix("file://") if uri.startswith("file://") else uri  # file:///a/b is the folder /a/b
         parts = urlsplit(uri) if is_uri(uri) else None
         path = (parts.path if parts else str(Path(uri).expanduser().resolve())).rstrip("/")
         head, _, name = path.rpartition("/")
