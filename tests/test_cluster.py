@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -311,3 +313,40 @@ def test_node_local_storage_is_refused_on_a_multi_host_cluster(monkeypatch, tmp_
     check_cluster(SweepConfig(), Storage("s3://b/p?region=us-east-1", "x"))  # object storage is fine
     _fake_ray(monkeypatch, ["127.0.0.1", "127.0.0.1"], {"CPU": 8})
     check_cluster(SweepConfig(), Storage(str(tmp_path), "x"))  # nodes on one host share its disk
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["RAY_ADDRESS", "latest cluster"])
+def test_the_embedded_ray_never_joins_another_ray_running_on_the_machine(tmp_path, monkeypatch, how):
+    """Another Ray instance runs here, named by RAY_ADDRESS or recorded as the machine's latest cluster (what a
+    plain `ray.init()` would connect to): `hier-tl sweep` without --address still starts a Ray of its own."""
+    import os
+    import socket
+
+    import ray
+
+    from hier_tl.sweep.cluster import start_ray, stop_ray
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    other = Path(tempfile.mkdtemp(prefix="htl-", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(other)}
+    ray_bin = str(Path(ray.__file__).parents[3].parent / "bin" / "ray")
+    start = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                            "--num-cpus=1", "--include-dashboard=false"], capture_output=True, text=True, env=env,
+                           timeout=180)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        if how == "RAY_ADDRESS":
+            monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+        else:
+            monkeypatch.setenv("RAY_TMPDIR", str(other))
+            assert (other / "ray" / "ray_current_cluster").read_text().strip().endswith(str(port))
+        start_ray(None, tmp_path / "ray.log")
+        try:
+            assert not ray.get_runtime_context().gcs_address.endswith(f":{port}")
+        finally:
+            stop_ray(tmp_path / "ray.log")
+    finally:  # that instance's processes only (`ray stop` would stop every Ray on the machine)
+        subprocess.run(["pkill", "-9", "-f", str(other)], capture_output=True, timeout=60)
+        shutil.rmtree(other, ignore_errors=True)

@@ -71,14 +71,19 @@ def test_sweep_writes_parquet_matching_what_trials_reported(tmp_path, capsys):
     assert (row.seen_sub_acc - row.seen_sub_acc_epoch).abs().max() < 1e-9
     saved = yaml.safe_load((exp / "sweep.yaml").read_text())
     assert saved["name"] == "t" and "git_commit" in saved
+    assert saved["provenance"]["dataset"]["images"] == 3 * 2 * 12 and saved["provenance"]["command"].startswith("hier-tl sweep")
+    # Ray's own lines (warnings, its retries' tracebacks) go to the sweep's log file, not the terminal
+    assert "Traceback" not in capsys.readouterr().err and (exp / "logs" / "ray.log").is_file()
 
 
-def test_gpu_request_without_gpus_fails_fast(tmp_path, capsys):
+def test_gpu_request_without_gpus_fails_fast_and_the_refused_start_leaves_nothing(tmp_path, capsys):
     t0 = time.time()
-    assert main(["sweep", str(tiny_sweep(tmp_path)), "--set", "resources.gpu=1"]) == 2
+    assert main(["sweep", str(tiny_sweep(tmp_path)), "--name", "g", "--set", "resources.gpu=1"]) == 2
     assert time.time() - t0 < 60
     err = capsys.readouterr().err
-    assert "GPU" in err and "resources.gpu=0" in err
+    assert "GPU" in err and "resources.gpu=0" in err and err.count("\n") == 1
+    assert not (tmp_path / "results" / "g").exists()  # so the corrected command may use the same name
+    assert main(["sweep", str(tiny_sweep(tmp_path, num_samples=1)), "--name", "g", "--smoke"]) == 0
 
 
 def test_errored_trial_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
