@@ -1,5 +1,6 @@
 """What --resume trusts: state files signed by this user's key, checked before anything is unpickled."""
 
+import errno
 import json
 import pickle
 import threading
@@ -136,3 +137,13 @@ def test_many_simultaneous_first_uses_share_one_complete_key(tmp_path):
     assert errors == [] and len(keys) == n
     assert set(keys) == {_key_path(tmp_path).read_bytes()} and len(keys[0]) == integrity.KEY_BYTES
     assert [p.name for p in tmp_path.iterdir()] == ["key"]
+
+
+def test_a_key_that_cannot_be_written_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(integrity.os, "fsync", full)
+    with pytest.raises(StorageError) as e:
+        integrity.load_key()
+    assert str(e.value).startswith(f"cannot create the key at {_key_path(tmp_path)}: no space left on the device")
+    assert list(tmp_path.iterdir()) == []  # no key, no temporary file

@@ -121,7 +121,7 @@ def test_without_validation_outputs_only_numbers_and_the_own_rule_resolve(traine
 def test_a_bad_threshold_is_refused_before_any_work(tmp_path, rule, capsys):
     out = tmp_path / "p.csv"
     with pytest.raises(SystemExit) as e:
-        main(["predict", str(tmp_path / "nothing"), "--images", str(tmp_path), "--out", str(out), f"--threshold={rule}"])
+        main(["predict", str(tmp_path / "none"), "--images", str(tmp_path), "--out", str(out), f"--threshold={rule}"])
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2 and last.startswith("hier-tl predict: error: argument --threshold: ")
     assert "is not a number, 'best' or 'tpr:P'" in last or "has 3 parts" in last
