@@ -1,11 +1,13 @@
 """data.images: decode once into a uint8 tensor, cached on disk under the image names, sizes and times; the
 memory it needs is checked before decoding, and decoding holds one copy of the dataset, not three."""
 
+import json
 import os
 import tracemalloc
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from hier_tl.cli import main
@@ -108,3 +110,32 @@ def test_decoding_allocates_the_dataset_once(tmp_path, n, broken):
     if n > broken:  # rows packed in order: the last row is the last image
         last = np.asarray(Image.open(paths[-1]).convert("RGB").resize((64, 64), Image.Resampling.BILINEAR))
         assert (imgs.images[-1].permute(1, 2, 0).numpy() == last).all()
+
+
+# The decode cache, damaged or holding something else: each is decoded again, never trusted, never a traceback
+CACHE_DAMAGE = {
+    "meta_not_json": lambda c: (c / "meta.json").write_text("{not json"),
+    "meta_a_list": lambda c: (c / "meta.json").write_text("[1, 2]"),
+    "meta_names_a_number": lambda c: (c / "meta.json").write_text(
+        json.dumps({**json.loads((c / "meta.json").read_text()), "names": 5})),
+    "meta_one_name_short": lambda c: (c / "meta.json").write_text(
+        json.dumps({**json.loads((c / "meta.json").read_text()), "names": json.loads(
+            (c / "meta.json").read_text())["names"][1:]})),
+    "array_truncated": lambda c: (c / "images.npy").write_bytes((c / "images.npy").read_bytes()[:1000]),
+    "array_of_another_shape": lambda c: np.save(c / "images.npy", np.zeros((3, 3, 8, 8), np.uint8)),
+    "array_of_floats": lambda c: np.save(c / "images.npy", np.load(c / "images.npy").astype(np.float32)),
+    "array_missing": lambda c: (c / "images.npy").unlink(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CACHE_DAMAGE))
+def test_a_damaged_cache_is_decoded_again(tmp_path, monkeypatch, case):
+    monkeypatch.setenv("HIER_TL_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "imgs").mkdir()
+    paths = _folder(tmp_path / "imgs", 6, 1)
+    first = I.decode_images(paths, 32)
+    (cdir,) = (tmp_path / "cache").iterdir()
+    CACHE_DAMAGE[case](cdir)
+    again = I.decode_images(paths, 32)
+    assert again.names == first.names and again.failed.keys() == first.failed.keys()
+    assert torch.equal(again.images, first.images)

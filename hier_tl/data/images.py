@@ -100,19 +100,30 @@ def decode_images(paths: list[Path], size: int, use_cache: bool = True, names: l
     check_memory(len(paths), size)
     key = _cache_key(paths, size)
     cdir = cache_dir() / key
-    if use_cache and (cdir / "meta.json").is_file():
-        try:
-            meta = json.loads((cdir / "meta.json").read_text())
-            retry = [p for p, n in zip(paths, names) if n in meta["failed"]]
-            if not any(_decodes(p, size) for p in retry):
-                arr = np.load(cdir / "images.npy")
-                return ImageSet(torch.from_numpy(arr), meta["names"], meta["failed"], meta["modes"], meta["sizes"])
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable cache: decode again
+    cached = _read_cache(cdir, paths, names, size) if use_cache else None
+    if cached is not None:
+        return cached
     arr, result = _decode_all(paths, names, size)
     if use_cache:
         result.notes += _write_cache(cdir, arr, result)
     return result
+
+
+def _read_cache(cdir: Path, paths: list[Path], names: list[str], size: int) -> ImageSet | None:
+    """The cached decoding of these images, or None: no cache, a failure that may decode now, or a cache
+    that is damaged or not what it should hold (then the images are decoded again)."""
+    try:
+        meta = json.loads((cdir / "meta.json").read_text())
+        if any(_decodes(p, size) for p, n in zip(paths, names) if n in meta["failed"]):
+            return None
+        arr = np.load(cdir / "images.npy")
+        if arr.dtype != np.uint8 or arr.shape != (len(meta["names"]), 3, size, size) or \
+                len(meta["names"]) + len(meta["failed"]) != len(paths):
+            return None
+        return ImageSet(torch.from_numpy(arr), list(meta["names"]), dict(meta["failed"]), dict(meta["modes"]),
+                        dict(meta["sizes"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing, damaged, or another shape
+        return None
 
 
 def _decode_all(paths: list[Path], names: list[str], size: int) -> tuple[np.ndarray, ImageSet]:
