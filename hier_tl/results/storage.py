@@ -141,8 +141,8 @@ class Storage:
         try:
             df = pq.read_table(io.BytesIO(data)).to_pandas()
         except (pa.ArrowException, OSError, ValueError) as e:
-            raise StorageError(f"cannot read {where}: not a Parquet file, or a damaged one ({first_line(e)}); "
-                               "restore it from a copy (hier-tl rewrites it whole whenever a trial changes)") from None
+            raise StorageError(f"cannot read {where}: not a Parquet file, or a damaged one ({first_line(e, 160)}); "
+                               "restore it from a copy") from None
         missing = [k for k in TRIAL_COLUMNS if k not in df.columns]
         if missing or not pd.api.types.is_numeric_dtype(df["epochs_run"]):
             why = f"no {', '.join(missing)} column" if missing else "its epochs_run column holds no numbers"
