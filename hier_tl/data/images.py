@@ -212,7 +212,7 @@ def list_images(folder: Path | str) -> list[Path]:
     """Image files in a folder, sorted by the numeric part of their names."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError([f"{folder}: image folder does not exist"])
+        raise DataError([f"{folder}: image folder {'is a file' if folder.exists() else 'does not exist'}"])
     try:
         names = [n for n in os.listdir(folder) if not n.startswith(".") and (folder / n).is_file()]
     except OSError as e:

@@ -79,8 +79,9 @@ def _create_key(path: Path) -> None:
             os.fsync(f.fileno())
         _link_new(tmp, path)
     except OSError as e:
-        raise StorageError(f"cannot create the key at {path}: {describe(e)} (set HIER_TL_KEY_FILE to a "
-                           "writable place)") from None
+        why = f"{path.parent} is a file" if path.parent.is_file() else describe(e)
+        raise StorageError(f"cannot create the key at {path}: {why} (set HIER_TL_KEY_FILE to a writable "
+                           "place)") from None
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
