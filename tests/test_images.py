@@ -98,6 +98,7 @@ def _folder(tmp_path, n: int, broken: int) -> list:
 def test_decoding_allocates_the_dataset_once(tmp_path, n, broken):
     """Peak of numpy's allocations while decoding (tracemalloc sees them): one N x 3 x S x S array, not three."""
     paths = _folder(tmp_path, n, broken)
+    I.decode_images(paths, 64, use_cache=False)  # first: PIL imports its plugins (traced too) on a broken file
     tracemalloc.start()
     try:
         imgs = I.decode_images(paths, 64, use_cache=False)
