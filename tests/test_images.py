@@ -77,8 +77,8 @@ def test_a_dataset_too_large_is_refused_before_decoding_anything(synth_copy, mon
     monkeypatch.setattr(I, "_decode_one", lambda *a: (_ for _ in ()).throw(AssertionError("decoded")))
     assert main(["data", "check", str(synth_copy), "--image-size", "512"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: 144 images decoded at 512x512 need 108.0 MiB of memory and 10.0 MiB is available: use a "
-                   "smaller image side (or fewer images), or free memory"]
+    assert err == [("error: 144 images decoded at 512x512 need 108.0 MiB of memory and 10.0 MiB is available: use a "
+                    "smaller image side (or fewer images), or free memory")]
 
 
 def _folder(tmp_path, n: int, broken: int) -> list:
