@@ -150,6 +150,18 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _threshold(text: str) -> str:
+    """`--threshold`: the sweep file's threshold grammar (`core.config.Threshold`), checked before any work."""
+    from .core.config import Threshold
+    from .core.errors import ConfigError
+
+    try:
+        Threshold.per_level(text, "--threshold")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--threshold: ").removeprefix("--threshold ")) from None
+    return text
+
+
 def _add_data(sub) -> None:
     from .data.synthetic import spec_fields
 
@@ -236,7 +248,10 @@ def _add_results(sub) -> None:
     pr.add_argument("--images", required=True, help="folder of images to label (e.g. DATA/test_images)")
     pr.add_argument("--out", required=True, help="CSV to write")
     pr.add_argument("--trial", help="use this trial id instead of the best")
-    pr.add_argument("--threshold", type=float, help="override the novelty threshold (both levels)")
+    pr.add_argument("--threshold", type=_threshold, metavar="RULE",
+                    help="override the novelty threshold, as in a sweep file: a number, SUPER/SUB (one rule per "
+                    "level), tpr:P or best (these two need validation scores: the trial's own rule, or a run "
+                    "folder's val_outputs.pt)")
     pr.add_argument("--refit", action="store_true",
                     help="first retrain the chosen config on train + validation for the epochs it ran")
     pr.add_argument("--data", help="with --refit: dataset folder (default: the sweep's data)")

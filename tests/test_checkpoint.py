@@ -49,3 +49,29 @@ def test_a_good_checkpoint_round_trips_from_bytes(run_dir):
     assert a["epoch"] == b["epoch"] == 1 and a["format"] == checkpoint.FORMAT
     model, cfg, space, norm = checkpoint.model_from(b)
     assert cfg.backbone == "cnn_tiny" and len(space.subs) == 9
+
+
+@pytest.mark.parametrize("target", ["checkpoint.pt", "a_folder", "new/sub/checkpoint.pt"])
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_old_checkpoint(run_dir, tmp_path, monkeypatch, target):
+    import errno
+    from pathlib import Path
+
+    from hier_tl.core.errors import StorageError
+
+    state = checkpoint.load(run_dir / "checkpoint.pt")
+    where = tmp_path / target
+    final = where / "checkpoint.pt" if target == "a_folder" else where
+    if target != "new/sub/checkpoint.pt":
+        checkpoint.save(state, where)
+    before = final.read_bytes() if final.exists() else None
+    real = Path.write_bytes
+
+    def full_disk(self, data):
+        real(self, data[: len(data) // 2])  # half of it reaches the disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(StorageError) as e:
+        checkpoint.save({**state, "epoch": 2}, where)
+    assert str(e.value) == f"cannot write {final}: no space left on the device"
+    assert (final.read_bytes() if final.exists() else None) == before
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]

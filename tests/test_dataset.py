@@ -2,6 +2,9 @@
 
 import csv
 import os
+import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -93,7 +96,23 @@ FAULTS = {
                                           os.mkdir(d / "superclass_mapping.csv")), "is a directory"),
     "same_file_two_spellings": (lambda d: rewrite_csv(d / "train_data.csv", lambda r: r + [
         ["./" + r[1][0], r[1][1], str((int(r[1][2]) + 1) % 9), ""]]), "different labels"),
+    "dataset_is_a_file": (lambda d: (shutil.rmtree(d), d.write_text("x")), "dataset folder is a file"),
+    "image_folder_is_a_file": (lambda d: (shutil.rmtree(d / "train_images"), (d / "train_images").write_text("x")),
+                               "image folder is a file"),
+    "image_is_a_pipe": (lambda d: (os.remove(d / "train_images" / _first_image(d)),
+                                   os.mkfifo(d / "train_images" / _first_image(d))), "not a regular file"),
+    "image_of_100_megapixels": (lambda d: (d / "train_images" / _first_image(d)).write_bytes(_png_header(10000, 10000)),
+                                "pixels"),
+    "image_of_400_megapixels": (lambda d: (d / "train_images" / _first_image(d)).write_bytes(_png_header(20000, 20000)),
+                                "pixels"),
 }
+
+
+def _png_header(w: int, h: int) -> bytes:
+    """A PNG that claims w x h pixels (no pixel data): what a decompression bomb looks like to a decoder."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
 
 
 def _bad_in_subfolder(d: Path):

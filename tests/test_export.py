@@ -11,8 +11,8 @@ import yaml
 
 pytest.importorskip("mlflow")
 
-from mlflow.tracking import MlflowClient  # noqa: E402
 import mlflow_server  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 
 from hier_tl.analysis.export import default_artifacts, s3_endpoint  # noqa: E402
 from hier_tl.cli import main  # noqa: E402

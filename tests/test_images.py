@@ -1,17 +1,24 @@
-"""data.images: decode once into a uint8 tensor, cached on disk under the image names, sizes and times."""
+"""data.images: decode once into a uint8 tensor, cached on disk under the image names, sizes and times; the
+memory it needs is checked before decoding, and decoding holds one copy of the dataset, not three."""
 
+import json
 import os
+import tracemalloc
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
+from hier_tl.cli import main
+from hier_tl.core.errors import ConfigError
 from hier_tl.data import dataset as D
+from hier_tl.data import images as I
 from hier_tl.data.images import numeric_key
 
 
 def test_second_load_comes_from_cache_without_decoding(synth_copy, monkeypatch):
     first = D.load_dataset(synth_copy)
-    from hier_tl.data import images as I
     monkeypatch.setattr(I, "_decode_one", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
     second = D.load_dataset(synth_copy)
     assert (first.images == second.images).all() and first.names == second.names
@@ -46,3 +53,90 @@ def test_sixteen_bit_images_are_rescaled_not_clipped(synth_copy):
     ds = D.load_dataset(synth_copy)
     i = ds.names.index(names[0])
     assert 120 <= int(ds.images[i].float().mean()) <= 136
+
+
+# (images, side, bytes available, refused?): the decoded array is images x 3 x side x side bytes, nothing more
+FITS = [(1000, 64, 12_288_000, False), (1000, 64, 12_287_999, True), (50_000, 224, 8 * 2**30, False),
+        (50_000, 224, 7 * 2**30, True), (0, 64, 0, False), (1, 16, 768, False), (1, 16, 767, True)]
+
+
+@pytest.mark.parametrize("n,side,available,refused", FITS)
+def test_memory_is_checked_from_the_count_and_side_alone(n, side, available, refused):
+    assert I.dataset_bytes(n, side) == n * 3 * side * side
+    if not refused:
+        I.check_memory(n, side, available)
+        return
+    with pytest.raises(ConfigError) as e:
+        I.check_memory(n, side, available)
+    msg = str(e.value)
+    assert "\n" not in msg and f"{n:,} images decoded at {side}x{side}" in msg and "available" in msg
+
+
+def test_a_dataset_too_large_is_refused_before_decoding_anything(synth_copy, monkeypatch, capsys):
+    monkeypatch.setattr(I, "available_memory", lambda: 10 * 2**20)  # 10 MiB left; 144 images at 512 px need 108
+    monkeypatch.setattr(I, "_decode_one", lambda *a: (_ for _ in ()).throw(AssertionError("decoded")))
+    assert main(["data", "check", str(synth_copy), "--image-size", "512"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [("error: 144 images decoded at 512x512 need 108.0 MiB of memory and 10.0 MiB is available: use a "
+                    "smaller image side (or fewer images), or free memory")]
+
+
+def _folder(tmp_path, n: int, broken: int) -> list:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"{i}.png"
+        if i < broken:
+            p.write_bytes(b"not an image")
+        else:
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.mark.parametrize("n,broken", [(200, 0), (200, 1), (200, 100), (200, 200), (1, 0)])
+def test_decoding_allocates_the_dataset_once(tmp_path, n, broken):
+    """Peak of numpy's allocations while decoding (tracemalloc sees them): one N x 3 x S x S array, not three."""
+    paths = _folder(tmp_path, n, broken)
+    I.decode_images(paths, 64, use_cache=False)  # first: PIL imports its plugins (traced too) on a broken file
+    tracemalloc.start()
+    try:
+        imgs = I.decode_images(paths, 64, use_cache=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= 1.3 * I.dataset_bytes(n, 64) + 2**20  # + 1 MiB: the decoding threads' own buffers
+    assert imgs.images.shape == (n - broken, 3, 64, 64) and len(imgs.failed) == broken
+    assert imgs.names == [p.name for p in paths[broken:]]
+    if n > broken:  # rows packed in order: the last row is the last image
+        last = np.asarray(Image.open(paths[-1]).convert("RGB").resize((64, 64), Image.Resampling.BILINEAR))
+        assert (imgs.images[-1].permute(1, 2, 0).numpy() == last).all()
+
+
+# The decode cache, damaged or holding something else: each is decoded again, never trusted, never a traceback
+CACHE_DAMAGE = {
+    "meta_not_json": lambda c: (c / "meta.json").write_text("{not json"),
+    "meta_a_list": lambda c: (c / "meta.json").write_text("[1, 2]"),
+    "meta_names_a_number": lambda c: (c / "meta.json").write_text(
+        json.dumps({**json.loads((c / "meta.json").read_text()), "names": 5})),
+    "meta_one_name_short": lambda c: (c / "meta.json").write_text(
+        json.dumps({**json.loads((c / "meta.json").read_text()), "names": json.loads(
+            (c / "meta.json").read_text())["names"][1:]})),
+    "array_truncated": lambda c: (c / "images.npy").write_bytes((c / "images.npy").read_bytes()[:1000]),
+    "array_of_another_shape": lambda c: np.save(c / "images.npy", np.zeros((3, 3, 8, 8), np.uint8)),
+    "array_of_floats": lambda c: np.save(c / "images.npy", np.load(c / "images.npy").astype(np.float32)),
+    "array_missing": lambda c: (c / "images.npy").unlink(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CACHE_DAMAGE))
+def test_a_damaged_cache_is_decoded_again(tmp_path, monkeypatch, case):
+    monkeypatch.setenv("HIER_TL_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "imgs").mkdir()
+    paths = _folder(tmp_path / "imgs", 6, 1)
+    first = I.decode_images(paths, 32)
+    (cdir,) = (tmp_path / "cache").iterdir()
+    CACHE_DAMAGE[case](cdir)
+    again = I.decode_images(paths, 32)
+    assert again.names == first.names and again.failed.keys() == first.failed.keys()
+    assert torch.equal(again.images, first.images)

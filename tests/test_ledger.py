@@ -321,3 +321,30 @@ def test_resume_without_epochs_estimates_a_rollback(tmp_path):
 def test_bad_mode():
     with pytest.raises(ValueError):
         TrialLedger("acc", "maximum")
+
+
+# A saved row with values no ledger writes (a damaged or edited trials.parquet): (column, value, what the restored
+# row holds there); the restore never fails and the trial can run again. Best values come from the epochs table.
+DAMAGED_VALUES = [
+    ("epochs_run", "three", 0), ("epochs_run", math.nan, 0), ("epochs_run", math.inf, 0), ("epochs_run", 2.0, 2),
+    ("retries", "x", 0), ("wall_s", "soon", 0.0), ("wall_s", -5.0, 0.0), ("compute_s", None, 0.0),
+    ("best_epoch", "first", 2), ("best_epoch", math.nan, 2), ("best_acc", "high", 0.2),
+    ("status", "exploded", "interrupted"), ("status", None, "interrupted"),
+]
+
+
+@pytest.mark.parametrize("column,value,want", DAMAGED_VALUES)
+def test_restoring_values_no_ledger_writes_never_fails(column, value, want):
+    row = {"trial_id": "t", "status": "completed", "epochs_run": 2, "retries": 0, "wall_s": 1.0, "compute_s": 1.0,
+           "best_epoch": 1, "best_acc": 0.5, column: value}
+    epochs = [{"trial_id": "t", "epoch": e, "acc": 0.1 * e} for e in (1, 2)] + [{"trial_id": "t", "epoch": "x"}]
+    back = TrialLedger.from_rows(pd.DataFrame([row]), "acc", "max", epochs=pd.DataFrame(epochs))
+    assert back.row("t")[column] == pytest.approx(want) and sum(back.counts().values()) == 1
+    back.start("t", {})
+    report(back, "t", [1])  # and the trial runs again from it
+    assert back.row("t")["status"] == "running"
+
+
+def test_rows_without_an_id_are_skipped():
+    back = TrialLedger.from_rows([{"status": "completed"}, {"trial_id": None}, {"trial_id": "t"}], "acc", "max")
+    assert [r["trial_id"] for r in back.rows()] == ["t"]

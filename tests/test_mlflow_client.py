@@ -13,8 +13,21 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow_server import bad_gateway, free_port  # noqa: E402
 
 from hier_tl.analysis.mlflow_client import (  # noqa: E402
-    KIND, KIND_TAG, TrackingError, connect, export_lock, failure, is_server, keep_earliest, lost_run, mlflow_env,
-    open_experiment, probe, scheme, shown)
+    KIND,
+    KIND_TAG,
+    TrackingError,
+    connect,
+    export_lock,
+    failure,
+    is_server,
+    keep_earliest,
+    lost_run,
+    mlflow_env,
+    open_experiment,
+    probe,
+    scheme,
+    shown,
+)
 from hier_tl.core.errors import HierTLError  # noqa: E402
 
 

@@ -9,9 +9,8 @@ import pytest
 
 pytest.importorskip("mlflow")
 
-from mlflow.tracking import MlflowClient  # noqa: E402
-
 import mlflow_server  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 
 from hier_tl.analysis.mlflow_export import export_mlflow  # noqa: E402
 

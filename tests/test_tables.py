@@ -135,6 +135,39 @@ def test_unreadable_part_skipped_with_warning(fs, tmp_path):
     assert sorted(zip(df["trial_id"], df["epoch"])) == [("a", e) for e in range(5)] + [("b", 1)]
 
 
+def _parquet_bytes(cols: dict) -> bytes:
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table(cols), buf)
+    return buf.getvalue().to_pybytes()
+
+
+# A part file no writer of this table made: (its bytes from a good part's, text of its one-line warning)
+BAD_PARTS = {
+    "garbage": (lambda good: b"garbage, not parquet", "unreadable Parquet part skipped"),
+    "empty": (lambda good: b"", "unreadable Parquet part skipped"),
+    "truncated": (lambda good: good[: len(good) // 2], "unreadable Parquet part skipped"),
+    "other_columns": (lambda good: _parquet_bytes({"a": [1], "b": ["x"]}), "no trial_id, epoch column"),
+    "half_the_key": (lambda good: _parquet_bytes({"trial_id": ["z"], "acc": [1.0]}), "no epoch column"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PARTS))
+def test_a_damaged_or_foreign_part_is_skipped_with_one_line_naming_it(fs, tmp_path, case):
+    t = table(fs, tmp_path)
+    t.append([{"trial_id": "a", "epoch": e, "acc": e} for e in range(3)])
+    t.flush()
+    good = (tmp_path / "epochs" / part_files(tmp_path)[0]).read_bytes()
+    make, needle = BAD_PARTS[case]
+    bad = tmp_path / "epochs" / "part-ffffffffffffffff-000001.parquet"
+    bad.write_bytes(make(good))
+    for read_it in (lambda: read(fs, tmp_path), t.compact, lambda: read(fs, tmp_path)):  # compaction leaves it
+        with pytest.warns(UserWarning) as caught:
+            df = read_it()
+        assert len(caught) == 1 and needle in str(caught[0].message) and str(bad) in str(caught[0].message)
+        assert "\n" not in str(caught[0].message)
+    assert bad.exists() and sorted(df.epoch) == [0, 1, 2]
+
+
 def test_temporary_files_ignored(fs, tmp_path):
     t = table(fs, tmp_path)
     t.append([{"trial_id": "a", "epoch": 1, "acc": 1}])

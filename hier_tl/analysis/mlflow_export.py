@@ -22,8 +22,19 @@ import pandas as pd
 
 from ..core.numbers import finite as _finite
 from ..core.numbers import missing
-from .mlflow_client import (connect, export_lock, failure, is_mlflow_error, keep_earliest, lost_run, mlflow_env,
-                            open_experiment, quote, require_mlflow, search_all)
+from .mlflow_client import (
+    connect,
+    export_lock,
+    failure,
+    is_mlflow_error,
+    keep_earliest,
+    lost_run,
+    mlflow_env,
+    open_experiment,
+    quote,
+    require_mlflow,
+    search_all,
+)
 
 SWEEP_URI_TAG = "hier_tl.sweep_uri"
 SWEEP_NAME_TAG = "hier_tl.sweep_name"

@@ -140,9 +140,9 @@ def read_layout(root: Path | str) -> tuple[Taxonomy | None, list[_Row], list[str
     problems: list[str] = []
     notes: list[str] = []
     if not root.is_dir():
-        return None, [], [f"{root}: dataset folder does not exist"], notes
+        return None, [], [f"{root}: dataset folder {'is a file' if root.exists() else 'does not exist'}"], notes
     if not (root / TRAIN_DIR).is_dir():
-        problems.append(f"{root / TRAIN_DIR}: image folder is missing")
+        problems.append(f"{root / TRAIN_DIR}: image folder is {'a file' if (root / TRAIN_DIR).exists() else 'missing'}")
     elif not os.access(root / TRAIN_DIR, os.R_OK | os.X_OK):
         problems.append(f"{root / TRAIN_DIR}: image folder cannot be read (permissions)")
     sup = read_level(root / SUPER_CSV, problems)
@@ -206,6 +206,8 @@ def _file_problem(full: Path, name: str) -> str | None:
             return None
         if full.is_dir():
             return f"image {name!r} is a directory, not a file"
+        if full.exists():  # a FIFO, socket or device: reading it could block or never end
+            return f"image {name!r} is not a regular file (a pipe, socket or device)"
         return f"image {name!r} does not exist in {TRAIN_DIR}/"
     except OSError as e:
         return f"image {name!r} cannot be accessed ({e.strerror or e})"

@@ -1,5 +1,10 @@
 """Images decoded once: a uint8 tensor (N x 3 x H x W) cached on disk under a key built from the image
-paths, sizes and modification times, so a second load skips decoding entirely; unlabelled folders."""
+paths, sizes and modification times, so a second load skips decoding entirely; unlabelled folders.
+
+Memory: images are decoded straight into one preallocated N x 3 x H x W array (the dataset's size and not
+a byte more, whatever fails to decode), after checking, from the image count and side alone, that it fits
+in the memory available: a dataset too large is refused with the numbers, not killed by the kernel.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,10 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..core.errors import DataError, HierTLError
+from ..core.errors import ConfigError, DataError, HierTLError
 from ..core.fileio import atomic_path, cache_dir, write_text
 
 CACHE_VERSION = 1
+CHUNK = 1024  # images handed to the decoding threads at a time (bounds the pending work, not the array)
+# an image over PIL's pixel limit is a failed image like any other, not a warning printed mid-run
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 @dataclass
@@ -43,6 +52,8 @@ def numeric_key(name: str) -> tuple:
 
 def _decode_one(path: Path, size: int) -> tuple[np.ndarray, str, str]:
     with Image.open(path) as im:
+        if im.width * im.height > Image.MAX_IMAGE_PIXELS:  # each decoding thread would hold it whole
+            raise ValueError(f"{im.width}x{im.height} pixels, over the {Image.MAX_IMAGE_PIXELS:,} PIL decodes safely")
         im.load()
         mode, wh = im.mode, f"{im.width}x{im.height}"
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # high bit depth: rescale, do not clip at 255
@@ -83,44 +94,106 @@ def decode_images(paths: list[Path], size: int, use_cache: bool = True, names: l
 
     `names` (default: the file names) label the images; those that fail to decode are left out and listed
     in `failed` (name -> reason). A cached failure is tried again, so fixing a file's permissions counts.
+    Refused (ConfigError, with the numbers) before decoding anything when the array cannot fit in memory.
     """
     names = names or [p.name for p in paths]
+    check_memory(len(paths), size)
     key = _cache_key(paths, size)
     cdir = cache_dir() / key
-    if use_cache and (cdir / "meta.json").is_file():
-        try:
-            meta = json.loads((cdir / "meta.json").read_text())
-            retry = [p for p, n in zip(paths, names) if n in meta["failed"]]
-            if not any(_decodes(p, size) for p in retry):
-                arr = np.load(cdir / "images.npy")
-                return ImageSet(torch.from_numpy(arr), meta["names"], meta["failed"], meta["modes"], meta["sizes"])
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable cache: decode again
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    cached = _read_cache(cdir, paths, names, size) if use_cache else None
+    if cached is not None:
+        return cached
+    arr, result = _decode_all(paths, names, size)
+    if use_cache:
+        result.notes += _write_cache(cdir, arr, result)
+    return result
+
+
+def _read_cache(cdir: Path, paths: list[Path], names: list[str], size: int) -> ImageSet | None:
+    """The cached decoding of these images, or None: no cache, a failure that may decode now, or a cache
+    that is damaged or not what it should hold (then the images are decoded again)."""
+    try:
+        meta = json.loads((cdir / "meta.json").read_text())
+        if any(_decodes(p, size) for p, n in zip(paths, names) if n in meta["failed"]):
+            return None
+        arr = np.load(cdir / "images.npy")
+        if arr.dtype != np.uint8 or arr.shape != (len(meta["names"]), 3, size, size) or \
+                len(meta["names"]) + len(meta["failed"]) != len(paths):
+            return None
+        return ImageSet(torch.from_numpy(arr), list(meta["names"]), dict(meta["failed"]), dict(meta["modes"]),
+                        dict(meta["sizes"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing, damaged, or another shape
+        return None
+
+
+def _decode_all(paths: list[Path], names: list[str], size: int) -> tuple[np.ndarray, ImageSet]:
+    """Every image into one preallocated N x 3 x size x size array, those that decode packed to the front in
+    order (a view of their rows, no copy)."""
+    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
-    failed: dict[str, str] = {}
-    modes, sizes = Counter(), Counter()
 
     def work(i):
         try:
-            out[i], mode, wh = _decode_one(paths[i], size)
+            arr, mode, wh = _decode_one(paths[i], size)
+            out[i] = arr.transpose(2, 0, 1)
             ok[i] = True
             return mode, wh, None
         except Exception as e:  # noqa: BLE001 - any decoder failure is a data problem, reported per file
             return None, None, f"{type(e).__name__}: {e}"
 
+    failed: dict[str, str] = {}
+    modes, sizes = Counter(), Counter()
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        for name, (mode, wh, err) in zip(names, pool.map(work, range(len(paths)))):
-            if err:
-                failed[name] = err
-            else:
-                modes[mode] += 1
-                sizes[wh] += 1
-    arr = np.ascontiguousarray(out[ok].transpose(0, 3, 1, 2))
-    result = ImageSet(torch.from_numpy(arr), [n for n, good in zip(names, ok) if good], failed, dict(modes), dict(sizes))
-    if use_cache:
-        result.notes += _write_cache(cdir, arr, result)
-    return result
+        for start in range(0, len(paths), CHUNK):
+            done = pool.map(work, range(start, min(start + CHUNK, len(paths))))
+            for name, (mode, wh, err) in zip(names[start:], done):
+                if err:
+                    failed[name] = err
+                else:
+                    modes[mode] += 1
+                    sizes[wh] += 1
+    keep = np.flatnonzero(ok)
+    for j, i in enumerate(keep):  # pack in place: row j <- row i (i >= j), one image at a time
+        if i != j:
+            out[j] = out[i]
+    arr = out[:len(keep)]
+    return arr, ImageSet(torch.from_numpy(arr), [names[i] for i in keep], failed, dict(modes), dict(sizes))
+
+
+def dataset_bytes(n: int, size: int) -> int:
+    """Bytes of `n` images decoded at `size` x `size` (uint8, 3 channels)."""
+    return n * 3 * size * size
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the kernel's MemAvailable, capped by a cgroup's memory limit
+    (a container); None where neither can be read."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            found.append(int(Path(limit).read_text()) - int(Path(used).read_text()))
+        except (OSError, ValueError):  # no such cgroup, or "max" (no limit)
+            continue
+    return max(min(found), 0) if found else None
+
+
+def check_memory(n: int, size: int, available: int | None = None) -> None:
+    """Refuse, before decoding, a dataset whose decoded array cannot fit in the memory available."""
+    need = dataset_bytes(n, size)
+    have = available_memory() if available is None else available
+    if have is not None and need > have:
+        raise ConfigError(f"{n:,} images decoded at {size}x{size} need {_gib(need)} of memory and {_gib(have)} is "
+                          "available: use a smaller image side (or fewer images), or free memory")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
 
 
 def _write_cache(cdir: Path, arr: np.ndarray, s: ImageSet) -> list[str]:
@@ -139,7 +212,7 @@ def list_images(folder: Path | str) -> list[Path]:
     """Image files in a folder, sorted by the numeric part of their names."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError([f"{folder}: image folder does not exist"])
+        raise DataError([f"{folder}: image folder {'is a file' if folder.exists() else 'does not exist'}"])
     try:
         names = [n for n in os.listdir(folder) if not n.startswith(".") and (folder / n).is_file()]
     except OSError as e:

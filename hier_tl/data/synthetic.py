@@ -17,37 +17,43 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..core.config import Range, check_fields
+from ..core.errors import ConfigError, StorageError
+from ..core.fileio import cache_dir, describe
+
 if TYPE_CHECKING:
     from .dataset import Dataset
-
-from ..core.errors import ConfigError
-from ..core.fileio import cache_dir
 
 GENERATOR_VERSION = 2  # bump when the images change, so cached synthetic sets are regenerated
 SHAPES = ["ellipse", "square", "triangle", "star", "cross", "hexagon", "diamond", "ring"]
 TEXTURES = ["solid", "stripes", "dots", "checks"]
 
 
+MAX_IMAGES = 1_000_000  # training + test images: a synthetic set is for demos and tests
+
+
 @dataclass(frozen=True)
 class SynthSpec:
-    n_super: int = 3  # known superclasses (one more, novel, appears in test only)
-    subs_per_super: int = 6  # known subclasses per superclass
-    novel_subs_per_super: int = 2  # extra subclasses per superclass that appear in test only
-    per_class: int = 40  # training images per known subclass
-    test_per_class: int = 8  # test images per class (seen, novel subclass, novel superclass)
-    size: int = 64  # image side in pixels
-    seed: int = 0
+    n_super: Annotated[int, Range(1, len(SHAPES) - 1)] = 3  # known superclasses (one more, novel, in test only)
+    subs_per_super: Annotated[int, Range(1, 1000)] = 6  # known subclasses per superclass
+    novel_subs_per_super: Annotated[int, Range(0, 1000)] = 2  # extra subclasses per superclass, in test only
+    per_class: Annotated[int, Range(1, MAX_IMAGES)] = 40  # training images per known subclass
+    test_per_class: Annotated[int, Range(0, MAX_IMAGES)] = 8  # test images per class (seen, novel sub, novel super)
+    size: Annotated[int, Range(16, 1024)] = 64  # image side in pixels
+    seed: Annotated[int, Range(0, 2**63 - 1)] = 0
 
     def validate(self) -> None:
-        if not 1 <= self.n_super <= len(SHAPES) - 1:
-            raise ConfigError(f"n_super must be between 1 and {len(SHAPES) - 1}, got {self.n_super}")
-        if self.subs_per_super < 1 or self.per_class < 1 or self.size < 16 or self.novel_subs_per_super < 0:
-            raise ConfigError("subs_per_super and per_class must be >= 1, novel_subs_per_super >= 0 and size >= 16")
+        check_fields(self)
+        m = self.subs_per_super + self.novel_subs_per_super
+        n = self.n_super * self.subs_per_super * self.per_class + (self.n_super + 1) * m * self.test_per_class
+        if n > MAX_IMAGES:
+            raise ConfigError(f"this synthetic dataset would hold {n:,} images (limit {MAX_IMAGES:,}): lower "
+                              "per_class, test_per_class or the class counts")
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
@@ -121,9 +127,24 @@ def _classes(spec: SynthSpec, rng: np.random.Generator):
 
 
 def synthesize(out: Path | str, spec: SynthSpec = SynthSpec()) -> Path:
-    """Write a complete dataset (train + test + labels) to `out`; returns `out`."""
+    """Write a complete dataset (train + test + labels) to `out`, a new or empty folder, and return it: all of
+    it, or nothing if writing fails (a full disk): it is written beside `out`, then renamed."""
     spec.validate()
     out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out}: exists and is not an empty folder; write a synthetic dataset to a new one")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        _write_all(tmp, spec)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise StorageError(f"cannot write {out}: {describe(e)}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_all(out: Path, spec: SynthSpec) -> None:
     rng = np.random.default_rng(spec.seed)
     style, sub_index = _classes(spec, rng)
     n_sub = len(sub_index)
@@ -142,7 +163,6 @@ def synthesize(out: Path | str, spec: SynthSpec = SynthSpec()) -> Path:
         rows.append([f"{i}.jpg", s, sub, f"synthetic {names[sub]}"])
     _write_csv(out / "train_data.csv", ["image", "superclass_index", "subclass_index", "description"], rows)
     _write_test(out, spec, rng, style, sub_index, n_sub)
-    return out
 
 
 def _write_test(out: Path, spec: SynthSpec, rng, style, sub_index, n_sub: int) -> None:

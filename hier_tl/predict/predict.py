@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..core.errors import HierTLError, SelectionError
+from ..core.errors import SelectionError
 from ..core.fileio import atomic_path
 from ..core.progressbar import progress as bar
 from ..data.images import decode_images, list_images
@@ -58,18 +58,18 @@ class Predictor:
     reference: TrainConfig | None = None  # the trial's config, when its score needs reference features
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict | Path | str, threshold: float | None = None, device: str = "cpu",
+    def from_checkpoint(cls, ckpt: dict | Path | str, threshold: str | float | None = None, device: str = "cpu",
                         name: str = "checkpoint") -> "Predictor":
-        """From a loaded checkpoint (or its path). Thresholds: `threshold`, else the per-level values the
-        trial resolved at its last epoch (a `tpr:` or `best` rule needs validation scores to resolve)."""
+        """From a loaded checkpoint (or its path). `threshold`: a rule of the sweep file's grammar (a number,
+        SUPER/SUB, `tpr:P`, `best`); None: the per-level values the trial resolved at its last epoch. A `tpr:`
+        or `best` rule other than the trial's own needs its validation outputs: a checkpoint file of a run
+        folder brings them (val_outputs.pt beside it); `checkpoint.thresholds` refuses it otherwise."""
+        outputs = None
         if not isinstance(ckpt, dict):
-            name, ckpt = str(ckpt), checkpoint.load(ckpt)
+            path = Path(ckpt) / "checkpoint.pt" if Path(ckpt).is_dir() else Path(ckpt)
+            name, outputs, ckpt = str(path), path.with_name(checkpoint.OUTPUTS), checkpoint.load(path)
         model, cfg, space, norm = checkpoint.model_from(ckpt, device, name)
-        last = ckpt["history"][-1] if ckpt.get("history") else {}
-        thr_sup = threshold if threshold is not None else last.get("threshold_super")
-        thr_sub = threshold if threshold is not None else last.get("threshold_sub")
-        if thr_sup is None or thr_sub is None:
-            raise HierTLError(f"{name}: records no resolved thresholds; pass --threshold VALUE")
+        thr_sup, thr_sub = checkpoint.thresholds(ckpt, cfg, threshold, outputs, name)
         side = int(ckpt.get("data_side", 64))
         return cls(model, space, norm, cfg.image_size or side, side, cfg.novelty_score, float(thr_sup), float(thr_sub),
                    cfg.precision, _bank(ckpt.get("bank")), cfg.tta,
@@ -159,7 +159,7 @@ def chosen_trials(res: Results, trial_id: str | None, all_variants: bool, protoc
     return [select(trials, res.metric, res.mode)]
 
 
-def run(source: str, images: str, out: str, trial_id: str | None = None, threshold: float | None = None,
+def run(source: str, images: str, out: str, trial_id: str | None = None, threshold: str | float | None = None,
         do_refit: bool = False, data_dir: str | None = None, all_variants: bool = False, epoch: str = "last",
         log=print, protocol: str | None = None) -> list[tuple]:
     """`hier-tl predict`: a run folder's checkpoint, or trial(s) of a sweep (local or object storage)."""
@@ -167,7 +167,7 @@ def run(source: str, images: str, out: str, trial_id: str | None = None, thresho
     if run_dir is not None and (run_dir / "checkpoint.pt").is_file() and not (run_dir / "trials.parquet").is_file():
         if trial_id or all_variants or do_refit:
             raise SelectionError("--trial, --all-variants and --refit need a sweep results folder, not a run folder")
-        jobs = [(checkpoint.load(run_dir / "checkpoint.pt"), str(run_dir / "checkpoint.pt"), Path(out))]
+        jobs = [(run_dir / "checkpoint.pt", str(run_dir / "checkpoint.pt"), Path(out))]  # with val_outputs.pt
     else:
         res, jobs = load_results(source, tables=()), []
         for t in chosen_trials(res, trial_id, all_variants, protocol):

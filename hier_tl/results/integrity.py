@@ -10,36 +10,95 @@ listing the previous hash too, so a driver killed between the two writes still v
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import hmac
 import io
 import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ..core.errors import SweepError
+from ..core.errors import StorageError, SweepError
+from ..core.fileio import describe
 
 SIG_DIR = ".hier_tl-sig"
 STATE_SUFFIXES = (".pkl", ".json")  # what Ray unpickles (its JSON embeds cloudpickled objects)
 
 
 def key_file() -> Path:
-    return Path(os.environ.get("HIER_TL_KEY_FILE", Path.home() / ".config" / "hier_tl" / "key"))
+    return Path(os.environ.get("HIER_TL_KEY_FILE") or Path.home() / ".config" / "hier_tl" / "key")
+
+
+KEY_BYTES = 32  # an HMAC key of fewer random bytes (an empty one above all) protects nothing
 
 
 def load_key() -> bytes:
-    """This user's signing key, created (mode 0600) the first time."""
+    """This user's signing key: at least `KEY_BYTES` random bytes, created (mode 0600) the first time.
+    Processes that start together all read the one key the first of them created (never an empty file):
+    the key is written to a private temporary file, then linked to its name, which never overwrites."""
     path = key_file()
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    key = _read_key(path)
+    if key is None:
+        _create_key(path)
+        key = _read_key(path)
+    if key is None:  # removed by someone else between its creation and this read
+        raise StorageError(f"cannot create the key at {path}: it vanished as it was created; run again")
+    if len(key) < KEY_BYTES:
+        raise StorageError(f"the signing key at {path} holds {len(key)} bytes; a key must be at least {KEY_BYTES} "
+                           "random bytes, or resumed state files could be forged: move it away and hier-tl creates "
+                           "a new one (sweeps signed with the old key can then only start afresh)")
+    return key
+
+
+def _read_key(path: Path) -> bytes | None:
+    """The key file's bytes; None if it does not exist."""
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise StorageError(f"cannot read the signing key at {path}: {describe(e)} (set HIER_TL_KEY_FILE to "
+                           "another file to use another key)") from None
+
+
+def _create_key(path: Path) -> None:
+    """A new key at `path`, unless another process made one first (then that one stays)."""
+    tmp = None
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
         with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
-    return path.read_bytes()
+            f.write(secrets.token_bytes(KEY_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+        _link_new(tmp, path)
+    except OSError as e:
+        why = f"{path.parent} is a file" if path.parent.is_file() else describe(e)
+        raise StorageError(f"cannot create the key at {path}: {why} (set HIER_TL_KEY_FILE to a writable "
+                           "place)") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _link_new(tmp: str, path: Path) -> None:
+    """Give the complete file `tmp` the name `path` unless that name exists (the first creator wins)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.ENOSYS, errno.EMLINK):
+            raise
+        if not path.exists():  # no hard links on this file system: a rename (a racing creator may win instead)
+            os.rename(tmp, path)
 
 
 def digest(data: bytes, key: bytes) -> str:
@@ -115,6 +174,9 @@ def _read_sig(fs, path: str) -> list[str]:
 
 
 def signing_fs(fs: pafs.FileSystem, exp: str) -> pafs.FileSystem:
+    """`fs` signing the state files Ray writes at the top of `exp`; the key is checked here, before Ray writes
+    anything (a key problem inside Ray's writes would surface wrapped in its errors)."""
+    load_key()
     return pafs.PyFileSystem(_SigningHandler(fs, exp))
 
 

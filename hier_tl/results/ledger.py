@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from ..core.numbers import finite, real_number
 from ..core.numbers import plain as _plain
-from ..core.numbers import real_number
 
 STATUSES = ("pending", "running", "completed", "stopped", "errored", "interrupted")
 NO_EPOCH_ERROR = "finished without reporting an epoch"
@@ -151,28 +151,32 @@ class TrialLedger:
     def from_rows(cls, rows: Iterable[dict] | Any, metric: str, mode: str, epochs: Iterable[dict] | Any = None,
                   clock: Callable[[], float] = time.time) -> "TrialLedger":
         """Restore from a saved trials table (list of dicts or DataFrame); pending/running rows become
-        interrupted until started again. `epochs` (optional, the epochs table) lets a later roll-back below
+        interrupted until started again. Values no ledger writes (text counts, an unknown status, a row
+        without an id) restore as nothing recorded, never as an error. `epochs` (optional, the epochs table) lets a later roll-back below
         the saved epoch count be exact; without it that roll-back is estimated (see `_Mark`)."""
         led = cls(metric, mode, clock)
         history: dict[str, list[dict]] = {}
         for e in _records(epochs):
-            history.setdefault(e["trial_id"], []).append(e)
+            if _count(e.get("epoch"), None) is not None:
+                history.setdefault(e.get("trial_id"), []).append(e)
         for rec in _records(rows):
             row = {k: _plain(v) for k, v in rec.items()}
-            tid, status = row["trial_id"], row.get("status") or "pending"
-            row.update(epochs_run=int(row.get("epochs_run") or 0), retries=int(row.get("retries") or 0),
-                       wall_s=float(row.get("wall_s") or 0.0), compute_s=float(row.get("compute_s") or 0.0))
-            be = row.get("best_epoch")
-            row["best_epoch"] = None if be is None else int(be)
+            tid, status = row.get("trial_id"), row.get("status")
+            if tid is None:  # a row no ledger wrote: nothing to restore it under
+                continue
+            row.update(epochs_run=_count(row.get("epochs_run")), retries=_count(row.get("retries")),
+                       wall_s=_seconds(row.get("wall_s")), compute_s=_seconds(row.get("compute_s")),
+                       best_epoch=_count(row.get("best_epoch"), None))
             t = _Trial(wall=row["wall_s"], finals={k for k in row if k.startswith("final_")})
+            status = status if status in STATUSES else "pending"  # unknown: it has to run again
             row["status"] = "interrupted" if status in ("pending", "running") else status
             led.dirty |= row["status"] != status
             led._rows[tid], led._state[tid] = row, t
             led._counts[row["status"]] = led._counts.get(row["status"], 0) + 1
             ran = row["epochs_run"]
-            for e in sorted(history.get(tid, ()), key=lambda e: int(_plain(e["epoch"]))):
-                if int(_plain(e["epoch"])) <= ran:
-                    led._push(t, int(_plain(e["epoch"])), {k: _plain(v) for k, v in e.items()})
+            for e in sorted(history.get(tid, ()), key=lambda e: _count(e["epoch"])):
+                if _count(e["epoch"]) <= ran:
+                    led._push(t, _count(e["epoch"]), {k: _plain(v) for k, v in e.items()})
             top = t.marks[-1] if t.marks else None
             if ran > 0 and (top is None or top.epoch < ran):  # epochs missing: the row's summary on top
                 t.marks.append(_Mark(ran, row["compute_s"], real_number(row.get(f"best_{metric}")), row["best_epoch"],
@@ -238,6 +242,17 @@ class TrialLedger:
         t.wall = self._wall(t)
         t.started = None
         row["wall_s"] = t.wall
+
+
+def _count(v: Any, default: int | None = 0) -> int | None:
+    """A saved count (epochs, retries) as an int; `default` for a missing or non-numeric value."""
+    f = finite(_plain(v))
+    return default if f is None else int(f)
+
+
+def _seconds(v: Any) -> float:
+    """A saved duration; 0 for a missing, non-numeric or negative value."""
+    return max(finite(_plain(v)) or 0.0, 0.0)
 
 
 def _records(rows: Any) -> list[dict]:

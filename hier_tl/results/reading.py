@@ -7,13 +7,15 @@ its own says what produced it. `load_results(uri)` reads a local folder or an s3
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 from dataclasses import dataclass, field
 
 import pandas as pd
-import yaml
 
-from ..core.errors import SelectionError
+from ..core.errors import ConfigError, SelectionError, StorageError
 from ..core.numbers import plain
+from ..core.yamlio import loads
 from ..train.metrics import metric_mode
 from ..train.train_config import CONFIG_KEYS
 from .storage import Storage
@@ -43,15 +45,20 @@ class Results:
 
 
 def load_results(uri: str, tables: tuple[str, ...] = ("epochs", "thresholds")) -> Results:
-    """Read the sweep folder at `uri` (local or object storage): trials, epochs, thresholds, sweep.yaml."""
+    """Read the sweep folder at `uri` (local or object storage): trials, epochs, thresholds, sweep.yaml.
+    Damage is one StorageError line naming the file; files of another program say the folder is not a
+    hier-tl results folder; unreadable parts of the epochs / thresholds tables are skipped with a warning."""
     st = Storage.open(uri)
     if not st.exists("trials.parquet"):
         raise SelectionError(f"{uri}: no trials.parquet here (expected a sweep results folder, <storage>/<name>/, "
                              "as printed at the end of `hier-tl sweep`)")
-    meta = yaml.safe_load(st.read_text("sweep.yaml")) if st.exists("sweep.yaml") else {}
-    res = Results(st, st.read("trials"), meta=meta or {})
+    res = Results(st, st.read("trials"), meta=_sweep_file(st))
     for name in tables:
-        setattr(res, name, st.read(name))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            setattr(res, name, st.read(name))
+        for w in caught:  # skipped parts: one line each, not Python's warning format
+            print(f"warning: {w.message}", file=sys.stderr)
     return res
 
 
@@ -148,3 +155,30 @@ def trial_checkpoint(st: Storage, trial: pd.Series, epoch: str = "last") -> tupl
         raise SelectionError(f"trial {trial['trial_id']}: no complete checkpoint of its best epoch ({want}) under "
                              f"{where} (sweeps before hier-tl kept it hold the last only: use --epoch last)")
     raise SelectionError(f"trial {trial['trial_id']} has no complete checkpoint under {where}")
+
+
+SWEEP_SECTIONS = ("base", "space", "search", "scheduler")  # mappings every stored sweep file holds
+
+
+def _sweep_file(st: Storage) -> dict:
+    """sweep.yaml as stored when the sweep started ({} if absent), checked to be a sweep file of hier-tl's."""
+    if not st.exists("sweep.yaml"):
+        return {}
+    where = st.file_uri("sweep.yaml")
+    try:
+        meta = loads(st.read_bytes("sweep.yaml").decode(), where)
+    except UnicodeDecodeError:
+        raise StorageError(f"cannot read {where}: not text (damaged?); restore it from a copy") from None
+    except ConfigError as e:
+        raise StorageError(f"{e}; restore it from a copy (hier-tl writes it once, when the sweep starts)") from None
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k), dict) for k in SWEEP_SECTIONS):
+        what = "empty" if meta is None else f"a {type(meta).__name__}" if not isinstance(meta, dict) else \
+            f"a mapping of {', '.join(map(str, list(meta)[:5]))}"
+        raise StorageError(f"{st.uri} is not a hier-tl results folder: its sweep.yaml is {what}, not the sweep "
+                           f"file hier-tl stores (with {', '.join(SWEEP_SECTIONS)}); pass the folder `hier-tl "
+                           "sweep` printed, or restore sweep.yaml from a copy")
+    metric, mode = meta["scheduler"].get("metric", "objective"), meta["scheduler"].get("mode", "max")
+    if not isinstance(metric, str) or mode not in ("max", "min"):
+        raise StorageError(f"{where}: scheduler.metric {metric!r} / mode {mode!r} is not a metric name and max or "
+                           "min (edited or damaged); restore it from a copy")
+    return meta

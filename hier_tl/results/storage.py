@@ -18,10 +18,11 @@ import pyarrow.parquet as pq
 
 from ..core.errors import StorageError
 from ..core.fileio import check_name, describe, write_atomic
-from .tables import PartsTable, read_table
+from .tables import PartsTable, first_line, read_table
 
 KEYS = {"trials": ("trial_id",), "epochs": ("trial_id", "epoch"),
         "thresholds": ("trial_id", "epoch", "score", "threshold")}
+TRIAL_COLUMNS = ("trial_id", "status", "epochs_run")  # every row the trial ledger writes has them
 
 
 def is_uri(text: str) -> bool:
@@ -93,9 +94,11 @@ class Storage:
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Atomic: a temporary file and a move, or one PUT to an object store."""
-        if self.is_local:
-            self.fs.create_dir(self.path(rel).rpartition("/")[0], recursive=True)
-        self.guard(lambda: write_atomic(self.fs, self.path(rel), data), "write", rel)
+        def write():
+            if self.is_local:
+                self.fs.create_dir(self.path(rel).rpartition("/")[0], recursive=True)
+            write_atomic(self.fs, self.path(rel), data)
+        self.guard(write, "write", rel)
 
     def read_text(self, rel: str) -> str:
         return self.read_bytes(rel).decode()
@@ -128,20 +131,32 @@ class Storage:
         self.write_bytes("trials.parquet", buf.getvalue())
 
     def read(self, name: str) -> pd.DataFrame:
-        """A results table as one DataFrame (empty if the sweep has none yet)."""
-        if name == "trials":
-            if not self.exists("trials.parquet"):
-                return pd.DataFrame()
-            return pq.read_table(io.BytesIO(self.read_bytes("trials.parquet"))).to_pandas()
-        return self.guard(lambda: read_table(self.fs, self.exp, name, KEYS[name]), "read", name)
+        """A results table as one DataFrame (empty if the sweep has none yet). A damaged trials.parquet, or one
+        without the ledger's columns (another program's), is a StorageError naming it; unreadable or foreign
+        parts of the other tables are skipped with a warning (`tables.read_table`)."""
+        if name != "trials":
+            return self.guard(lambda: read_table(self.fs, self.exp, name, KEYS[name]), "read", name)
+        if not self.exists("trials.parquet"):
+            return pd.DataFrame()
+        data, where = self.read_bytes("trials.parquet"), self.file_uri("trials.parquet")
+        try:
+            df = pq.read_table(io.BytesIO(data)).to_pandas()
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise StorageError(f"cannot read {where}: not a Parquet file, or a damaged one ({first_line(e, 160)}); "
+                               "restore it from a copy") from None
+        missing = [k for k in TRIAL_COLUMNS if k not in df.columns]
+        if missing or not pd.api.types.is_numeric_dtype(df["epochs_run"]):
+            why = f"no {', '.join(missing)} column" if missing else "its epochs_run column holds no numbers"
+            raise StorageError(f"{self.uri} is not a hier-tl results folder: its trials.parquet is not the table "
+                               f"hier-tl writes ({why}; columns: {', '.join(map(str, df.columns[:6])) or 'none'})")
+        return df
 
     def guard(self, fn, what: str, rel: str = ""):
         """Run `fn`; a filesystem failure becomes one StorageError line naming this folder."""
         try:
             return fn()
         except (OSError, pa.ArrowException) as e:
-            why = describe(e) if isinstance(e, OSError) and e.errno else \
-                (str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+            why = describe(e) if isinstance(e, OSError) and e.errno else first_line(e)
             raise StorageError(f"cannot {what} {self.file_uri(rel) if rel else self.uri}: {why}") from None
 
 

@@ -104,7 +104,7 @@ class PartsTable:
         parts = _list_parts(self.fs, self.dir)
         if len(parts) < 2:
             return None
-        read = [(p, t) for p, _ in parts if (t := _read_part(self.fs, p)) is not None]
+        read = [(p, t) for p, _ in parts if (t := _read_part(self.fs, p, self.key)) is not None]
         if not read:
             return None
         self.seq += 1  # this writer's next slot: its later parts sort after the compacted one
@@ -118,13 +118,14 @@ class PartsTable:
 def read_table(fs: pafs.FileSystem, root: str, name: str, key: tuple[str, ...]) -> pd.DataFrame:
     """The table `<root>/<name>/` as one DataFrame (last row of each key, in the order of the module doc).
     A legacy single file `<root>/<name>.parquet` is read too, as older than any part. Temporary files are
-    ignored; parts that do not parse (truncated by a crash...) are skipped with a warning. Empty if nothing."""
+    ignored; parts that do not parse (damaged, truncated) or lack the key columns (another program's file)
+    are skipped with a one-line warning naming them. Empty if nothing."""
     root = root.rstrip("/")
     tables = []
     legacy = f"{root}/{name}.parquet"
     if fs.get_file_info(legacy).type == pafs.FileType.File:
-        tables.append(_read_part(fs, legacy))
-    tables += [_read_part(fs, p) for p, _ in _list_parts(fs, f"{root}/{name}")]
+        tables.append(_read_part(fs, legacy, key))
+    tables += [_read_part(fs, p, key) for p, _ in _list_parts(fs, f"{root}/{name}")]
     tables = [t for t in tables if t is not None]
     if not tables:
         return pd.DataFrame()
@@ -148,14 +149,27 @@ def _list_parts(fs: pafs.FileSystem, folder: str) -> list[tuple[str, tuple[str, 
     return sorted(parts, key=lambda p: p[1])
 
 
-def _read_part(fs: pafs.FileSystem, path: str) -> pa.Table | None:
-    """One part file, or None (with a warning) if it does not parse as Parquet."""
+def _read_part(fs: pafs.FileSystem, path: str, key: tuple[str, ...] = ()) -> pa.Table | None:
+    """One part file, or None (with a warning) if it does not parse as Parquet or lacks a `key` column."""
     try:
         with fs.open_input_file(path) as f:
-            return pq.read_table(f)
+            t = pq.read_table(f)
     except (pa.ArrowException, OSError, ValueError) as e:
-        warnings.warn(f"{path}: unreadable Parquet part skipped ({e})", stacklevel=3)
+        warnings.warn(f"{path}: unreadable Parquet part skipped, its rows are missing ({first_line(e, 160)}); "
+                      "restore it from a copy, or delete it", stacklevel=3)
         return None
+    missing = [k for k in key if k not in t.column_names]
+    if missing:
+        warnings.warn(f"{path}: not a part of this table (no {', '.join(missing)} column: another program's "
+                      "file?), skipped; move it out of the folder", stacklevel=3)
+        return None
+    return t
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (its type when it says nothing)."""
+    text = " ".join(str(e).split("\n")[0].split())
+    return text[:limit] if text else type(e).__name__
 
 
 def _combine(tables: list[pa.Table], key: tuple[str, ...]) -> pa.Table | pd.DataFrame:
