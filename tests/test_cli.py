@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hier_tl import cli
 from hier_tl.cli import build_parser, main
 from hier_tl.core.errors import ConfigError
 
@@ -55,7 +56,7 @@ def test_help_exits_0_and_explains_every_argument(path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["data", "synth", "{tmp}/s", "--n-super", "99"], "error: n_super must be between 1 and 7, got 99"),
+    (["data", "synth", "{tmp}/s", "--n-super", "99"], "error: n_super: 99 is out of range; must be in [1, 7]"),
     (["train", "--data", "{tmp}", "--out", "{tmp}/run", "--set", "lern_rate=1"], "error: unknown key(s) lern_rate;"),
     (["train", "--data", "{tmp}", "--out", "{tmp}/run", "--set", "lr"], "error: --set 'lr': expected key=value"),
     (["best", "{tmp}"], "error: {tmp}: no trials.parquet here (expected a sweep results folder"),
@@ -85,19 +86,23 @@ def test_score_without_mapping_files_names_only_what_it_needs(tmp_path, capsys):
     assert all(line.startswith("  ") for line in lines[1:])
 
 
-def test_a_failing_file_system_is_one_line_and_exit_1(tmp_path, capsys):
-    (tmp_path / "file").write_text("not a folder")
-    assert main(["data", "synth", str(tmp_path / "file" / "out")]) == 1
+def _denied(args):
+    raise PermissionError(13, "Permission denied", "/data/train_images")
+
+
+def test_a_failing_file_system_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "cmd_data_check", _denied)  # the environment failing under any command
+    assert main(["data", "check", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"error: {tmp_path / 'file' / 'out'}") and "Not a directory" in err
+    assert err == "error: /data/train_images: permission denied (or a read-only file system)\n"
 
 
-def test_debug_lets_the_exception_through_with_its_traceback(tmp_path):
-    with pytest.raises(ConfigError, match="n_super must be between 1 and 7"):
+def test_debug_lets_the_exception_through_with_its_traceback(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=r"n_super: 99 is out of range; must be in \[1, 7\]"):
         main(["--debug", "data", "synth", str(tmp_path / "s"), "--n-super", "99"])
-    (tmp_path / "file").write_text("")
-    with pytest.raises(NotADirectoryError):
-        main(["--debug", "data", "synth", str(tmp_path / "file" / "out")])
+    monkeypatch.setattr(cli, "cmd_data_check", _denied)
+    with pytest.raises(PermissionError):
+        main(["--debug", "data", "check", str(tmp_path)])
 
 
 @pytest.mark.slow
@@ -107,7 +112,7 @@ def test_debug_prints_the_traceback_in_a_real_process(tmp_path):
     debug = subprocess.run(argv[:3] + ["--debug"] + argv[3:], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert plain.returncode == 2 and plain.stderr == "error: n_super must be between 1 and 7, got 99\n"
     assert debug.returncode == 1 and debug.stderr.startswith("Traceback (most recent call last):")
-    assert debug.stderr.rstrip().endswith("ConfigError: n_super must be between 1 and 7, got 99")
+    assert debug.stderr.rstrip().endswith("ConfigError: n_super: 99 is out of range; must be in [1, 7]")
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -73,6 +73,12 @@ def write_bytes(path: Path | str, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (its type when it says nothing)."""
+    text = " ".join(str(e).split("\n")[0].split())
+    return text[:limit] if text else type(e).__name__
+
+
 def describe(e: OSError) -> str:
     """An OSError as a few words a user can act on."""
     if e.errno == errno.ENOSPC:

@@ -52,7 +52,7 @@ def load_results(uri: str, tables: tuple[str, ...] = ("epochs", "thresholds")) -
     if not st.exists("trials.parquet"):
         raise SelectionError(f"{uri}: no trials.parquet here (expected a sweep results folder, <storage>/<name>/, "
                              "as printed at the end of `hier-tl sweep`)")
-    res = Results(st, st.read("trials"), meta=_sweep_file(st))
+    res = Results(st, st.read("trials"), meta=stored_sweep_file(st))
     for name in tables:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
@@ -154,13 +154,14 @@ def trial_checkpoint(st: Storage, trial: pd.Series, epoch: str = "last") -> tupl
     if want is not None:
         raise SelectionError(f"trial {trial['trial_id']}: no complete checkpoint of its best epoch ({want}) under "
                              f"{where} (sweeps before hier-tl kept it hold the last only: use --epoch last)")
-    raise SelectionError(f"trial {trial['trial_id']} has no complete checkpoint under {where}")
+    raise SelectionError(f"trial {trial['trial_id']} has no complete checkpoint under {where}: choose another "
+                         "trial (--trial ID, or --where), or retrain its config on every class with --refit")
 
 
 SWEEP_SECTIONS = ("base", "space", "search", "scheduler")  # mappings every stored sweep file holds
 
 
-def _sweep_file(st: Storage) -> dict:
+def stored_sweep_file(st: Storage) -> dict:
     """sweep.yaml as stored when the sweep started ({} if absent), checked to be a sweep file of hier-tl's."""
     if not st.exists("sweep.yaml"):
         return {}

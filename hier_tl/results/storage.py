@@ -17,8 +17,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..core.errors import StorageError
-from ..core.fileio import check_name, describe, write_atomic
-from .tables import PartsTable, first_line, read_table
+from ..core.fileio import check_name, describe, first_line, write_atomic
+from .tables import PartsTable, read_table
 
 KEYS = {"trials": ("trial_id",), "epochs": ("trial_id", "epoch"),
         "thresholds": ("trial_id", "epoch", "score", "threshold")}

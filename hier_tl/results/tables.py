@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..core.fileio import write_atomic
+from ..core.fileio import first_line, write_atomic
 
 _PART = re.compile(r"^part-([0-9a-f]+)-(\d+)(-compact)?\.parquet$")
 
@@ -164,12 +164,6 @@ def _read_part(fs: pafs.FileSystem, path: str, key: tuple[str, ...] = ()) -> pa.
                       "file?), skipped; move it out of the folder", stacklevel=3)
         return None
     return t
-
-
-def first_line(e: BaseException, limit: int = 300) -> str:
-    """An exception as one short line (its type when it says nothing)."""
-    text = " ".join(str(e).split("\n")[0].split())
-    return text[:limit] if text else type(e).__name__
 
 
 def _combine(tables: list[pa.Table], key: tuple[str, ...]) -> pa.Table | pd.DataFrame:

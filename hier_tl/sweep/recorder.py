@@ -134,10 +134,13 @@ class Recorder(Callback):
         """The live Optuna journal follows the trial's ledger row and per-epoch metric (after the ledger moved)."""
         self.journal.sync(self.ledger.row(tid), self._curves.get(tid, {}))
 
-    def _record(self, tid: str, result: dict, ctx: dict) -> None:
+    def _record(self, tid: str, result: dict, ctx: dict, ledger: bool = True) -> None:
+        """One report into the tables, and (unless `ledger` is False: a backfilled epoch the ledger already
+        counted) into the trial's ledger row."""
         metrics, epoch, rows = result_rows(tid, result, ctx)
         self._curves.setdefault(tid, {})[int(metrics["epoch"])] = metrics.get(self.sweep.scheduler.metric)
-        self.ledger.result(tid, int(metrics["epoch"]), metrics, info={k: result.get(k) for k in INFO})
+        if ledger:
+            self.ledger.result(tid, int(metrics["epoch"]), metrics, info={k: result.get(k) for k in INFO})
         self._safely(lambda: (self.epochs.append([epoch]), self.thresholds.append(rows)), "epochs")
         self._flush()
 
@@ -172,10 +175,12 @@ class Recorder(Callback):
         epochs = self.storage.read("epochs")
         have = set(zip(epochs.trial_id, epochs.epoch.astype(int))) if len(epochs) else set()
         for row in self.ledger.rows():
-            ctx = {k: row.get(k) for k in CONTEXT_KEYS}
-            for result in _reported(self.storage, row):
-                if (row["trial_id"], int(result["epoch"])) not in have:
-                    self._record(row["trial_id"], result, ctx)
+            ctx, ran = {k: row.get(k) for k in CONTEXT_KEYS}, int(row.get("epochs_run") or 0)
+            live = row["status"] not in ("completed", "stopped", "errored")
+            for result in sorted(_reported(self.storage, row), key=lambda r: r["epoch"]):
+                if (row["trial_id"], int(result["epoch"])) not in have:  # the tables lack it; the ledger only
+                    # when it is beyond what the row counts (an earlier epoch there would roll the row back)
+                    self._record(row["trial_id"], result, ctx, ledger=live and int(result["epoch"]) > ran)
         self.ledger.end()  # what was running is interrupted until Tune starts it again
         self._flush(force=True)
         self.journal.catch_up(self.ledger.rows(), epochs, self._curves)
@@ -188,9 +193,12 @@ def _reported(st: Storage, row: dict) -> list[dict]:
     for rel in checkpoints(st, pd.Series(row)):
         path = rel.rsplit("/", 1)[0] + "/" + REPORTED
         try:
-            return json.loads(st.read_text(path))
-        except (ValueError, StorageError):
+            found = json.loads(st.read_text(path))
+        except (ValueError, StorageError, UnicodeDecodeError):
             continue
+        if isinstance(found, list):  # what hier-tl wrote: a list of reports, each with its epoch
+            return [r for r in found if isinstance(r, dict) and isinstance(r.get("epoch"), int)
+                    and not isinstance(r.get("epoch"), bool)]
     return []
 
 

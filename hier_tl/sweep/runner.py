@@ -21,12 +21,11 @@ import yaml
 from ..core.errors import Interrupted, StorageError, SweepError
 from ..core.fileio import cache_dir
 from ..core.version import code_version
-from ..core.yamlio import loads
 from ..data.dataset import Dataset
 from ..data.synthetic import load_source
 from ..results import integrity
 from ..results.lease import Lease
-from ..results.reading import Results, load_results
+from ..results.reading import Results, load_results, stored_sweep_file
 from ..results.storage import Storage
 from . import raycompat
 from .board import BOARD, start_board
@@ -78,7 +77,9 @@ def build_tuner(sweep: SweepConfig, storage: Storage, data: Dataset, resume: boo
 
 
 def check_folder(sweep: SweepConfig, storage: Storage, resume: bool) -> None:
-    """A new sweep needs an unused name; a resumed one its own folder, unchanged definition and signed state."""
+    """A new sweep needs an unused name; a resumed one its own folder, unchanged definition and signed state;
+    both a usable signing key (checked before Ray starts, not when Ray first writes its state)."""
+    integrity.load_key()
     if not resume:
         if storage.exists("sweep.yaml") or storage.exists("trials.parquet"):
             raise SweepError(f"{storage.uri} already holds a sweep named {sweep.name!r}: pass --resume to continue "
@@ -86,9 +87,7 @@ def check_folder(sweep: SweepConfig, storage: Storage, resume: bool) -> None:
         return
     if not storage.exists("sweep.yaml"):
         raise SweepError(f"nothing to resume at {storage.uri}: no sweep named {sweep.name!r} was started there")
-    stored = loads(storage.read_text("sweep.yaml"), storage.file_uri("sweep.yaml"))
-    if not isinstance(stored, dict):
-        raise SweepError(f"{storage.file_uri('sweep.yaml')} is not a sweep definition hier-tl wrote; cannot resume")
+    stored = stored_sweep_file(storage)  # damaged or another program's: one line saying so
     diffs = _differences(stored, dataclasses.asdict(sweep))
     if diffs:
         raise SweepError(f"--resume continues the sweep as it was defined, but this sweep file differs from the one "
