@@ -25,7 +25,7 @@ from ..results.reading import (
     select,
     trial_checkpoint,
 )
-from ..results.storage import local_path
+from ..results.storage import Storage, local_path
 from ..train import checkpoint
 from ..train.novelty import needs_reference
 from ..train.outputs import Outputs
@@ -164,7 +164,7 @@ def run(source: str, images: str, out: str, trial_id: str | None = None, thresho
         log=print, protocol: str | None = None) -> list[tuple]:
     """`hier-tl predict`: a run folder's checkpoint, or trial(s) of a sweep (local or object storage)."""
     run_dir = local_path(source)
-    if run_dir is not None and (run_dir / "checkpoint.pt").is_file() and not (run_dir / "trials.parquet").is_file():
+    if run_dir is not None and (run_dir / "checkpoint.pt").is_file() and not Storage.open(str(run_dir)).has_trials():
         if trial_id or all_variants or do_refit:
             raise SelectionError("--trial, --all-variants and --refit need a sweep results folder, not a run folder")
         jobs = [(run_dir / "checkpoint.pt", str(run_dir / "checkpoint.pt"), Path(out))]  # with val_outputs.pt
