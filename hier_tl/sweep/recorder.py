@@ -130,7 +130,7 @@ class Recorder(Callback):
 
     def _closed(self, tid: str) -> None:
         self._mirror(tid)
-        self._flush(force=True)
+        self._flush(trials_now=True)  # its status is on disk now; its last epochs are in reported.json anyway
         self._progress()
 
     def _mirror(self, tid: str) -> None:
@@ -164,14 +164,18 @@ class Recorder(Callback):
             raise
 
     def _flush(self, force: bool = False, trials_now: bool = False) -> None:
-        """Parts when due (or forced); the trials table when it changed and is due."""
+        """Parts of the epochs and thresholds tables when due (or forced); the trials whose row changed, when due
+        or at once (`trials_now`: a trial started or ended, so a killed driver never loses a status); the live
+        journal when due."""
         now = time.time()
         for table in (self.epochs, self.thresholds):
             self._safely(table.flush if force else table.maybe_flush, table.name)
-        if force or trials_now or now - self.last_trials >= self.flush_seconds:
+        due = force or now - self.last_trials >= self.flush_seconds
+        if due or trials_now:
             changed = self.ledger.pop_changed()  # only the trials whose row changed: O(changes), not O(trials)
             if changed:
                 self._safely(lambda: (self.trials.append(changed), self.trials.flush()), "trials")
+        if due:
             self._sync_journal()
             self.last_trials = now
 
