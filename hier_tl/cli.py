@@ -127,9 +127,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .analysis.mlflow_client import probe
-
-    probe(args.tracking_uri)  # a server that is down or failing: one line now, before the results are read
     from .analysis.export import export_mlflow
 
     export_mlflow(args.results, args.tracking_uri, args.experiment, args.artifact_location)
