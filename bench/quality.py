@@ -154,6 +154,7 @@ def reference_only(ds, extra: dict, folds: int, seeds: list[int]) -> list[dict]:
 def summarise(df):
     """Mean and spread over folds per score x threshold rule."""
     keys = ["seen_super_acc", "novel_super_acc", "seen_sub_acc", "novel_sub_acc", "novel_sub_seen_super_acc",
+            "new_breed_as_novel_super",
             "auroc_super", "auroc_sub", "score_s"]
     g = df.groupby(["run", "score", "threshold"], sort=False)[keys]
     mean, std = g.mean(), g.std(ddof=0)
