@@ -89,3 +89,19 @@ def test_evaluate_and_objective():
     assert m["objective"] == 1 and m["auroc_super_msp"] == 1 and "auroc_sub_energy" in m
     best = metrics.evaluate(out, space, "msp", "best")
     assert best["objective"] == 1
+
+
+def test_super_margin_places_the_superclass_threshold_among_the_known_breeds():
+    """Known-breed superclass scores 0..20: median 10, 5th percentile 1, so a threshold of 5.5 sits 0.5 spreads
+    below the median; `threshold_at_margin` inverts it. Without new breeds in validation it is NaN."""
+    known = torch.arange(21.0)
+    assert metrics.margin_of(known, 5.5) == pytest.approx(0.5)
+    assert metrics.threshold_at_margin(known, 0.5) == pytest.approx(5.5)
+    space = LabelSpace((0,), (10, 11), (0, 0), 1, 12)
+    logits = torch.stack([torch.zeros(22), torch.cat([torch.arange(21.0), torch.zeros(1)]) / 10], 1)
+    sub_target = torch.tensor([0] * 21 + [NOVEL])  # 21 known-breed images, one new breed
+    out = Outputs(logits[:, 1:], logits, torch.zeros(22, dtype=torch.long), sub_target, space)  # maxlogit = i / 10
+    assert metrics.evaluate(out, space, "maxlogit", 0.55)[metrics.SUPER_MARGIN] == pytest.approx(0.5)
+    assert metrics.SUPER_MARGIN in metrics.reported_metrics()
+    no_breeds = Outputs(logits[:21, 1:], logits[:21], torch.zeros(21, dtype=torch.long), sub_target[:21], space)
+    assert math.isnan(metrics.evaluate(no_breeds, space, "maxlogit", 0.55)[metrics.SUPER_MARGIN])

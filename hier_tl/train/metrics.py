@@ -79,6 +79,38 @@ def _novel_fraction(pred: torch.Tensor, keep: torch.Tensor) -> float:
     return float((pred[keep] == NOVEL).float().mean()) if keep.any() else math.nan
 
 
+SUPER_MARGIN = "super_margin"  # where the superclass threshold sits among the known breeds (refit transfers it)
+
+
+def super_margin(out: Outputs, score: str, threshold: float) -> float:
+    """(median - threshold) / (median - 5th percentile) of the superclass `score` over the validation images of
+    trained subclasses: how far below the known breeds the superclass threshold sits, in units of their spread.
+    A rule calibrated on validation that holds out new breeds sits lower than one calibrated on known breeds
+    alone; a refit, whose calibration images are all known breeds, keeps the trial's margin (`predict.refit`).
+    NaN where validation holds no new breed (nothing shaped the margin) or fewer than two known-breed images."""
+    known = (out.super_target != NOVEL) & (out.sub_target != NOVEL)
+    if int(known.sum()) < 2 or not new_breeds(out).any():
+        return math.nan
+    return margin_of(out.score(score, "super")[known], threshold)
+
+
+def margin_of(known: torch.Tensor, threshold: float) -> float:
+    """`super_margin` of `threshold` against the known breeds' scores `known`."""
+    med, spread = _median_spread(known)
+    return float((med - threshold) / spread)
+
+
+def threshold_at_margin(known: torch.Tensor, margin: float) -> float:
+    """The threshold `margin` spreads below the known breeds' median (the inverse of `margin_of`)."""
+    med, spread = _median_spread(known)
+    return float(med - margin * spread)
+
+
+def _median_spread(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    med, low = torch.quantile(x.double(), torch.tensor([0.5, 0.05], dtype=torch.float64))
+    return med, (med - low).clamp(min=1e-12)
+
+
 def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     """Area under the ROC curve of `scores` separating positive (seen) from negative (novel); ties count half."""
     pos, neg = int(positive.sum()), int((~positive).sum())
@@ -149,6 +181,7 @@ def evaluate(out: Outputs, space: LabelSpace, score: str = "msp", threshold: flo
         m.update({acc_key(lvl, g): acc[f"{g}acc"] for g in GROUPS})
         m[f"threshold_{lvl}"] = thr[lvl]
     m[NEW_SUB], m[NEW_BREED_SUPER] = new_subclass_acc(out, sub), new_breed_as_novel_super(out, sup)
+    m[SUPER_MARGIN] = super_margin(out, score, thr["super"])
     for name in dict.fromkeys((score, *scores)):
         if novelty.needs_features(name) and out.bank is None:
             continue
@@ -219,7 +252,7 @@ def reported_metrics(scores: tuple[str, ...] = ()) -> set[str]:
     """Every metric name an epoch report carries when AUROC / FPR@95 are computed for `scores`."""
     names = {"epoch", "objective", *EPOCH_METRICS.names()}
     names |= {acc_key(lvl, g) for lvl in LEVELS for g in GROUPS} | {f"threshold_{lvl}" for lvl in LEVELS}
-    names |= {NEW_SUB, NEW_BREED_SUPER}
+    names |= {NEW_SUB, NEW_BREED_SUPER, SUPER_MARGIN}
     for score in dict.fromkeys((*novelty.logit_scores(), *scores)):
         names |= {score_key(k, lvl, score) for k in ("auroc", "fpr95") for lvl in LEVELS}
     return names
