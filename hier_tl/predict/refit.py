@@ -11,8 +11,8 @@ import pandas as pd
 from ..core.config import Threshold, from_dict
 from ..core.errors import SelectionError
 from ..data.synthetic import SynthSpec, load_source
-from ..results.reading import Results, trial_checkpoint
 from ..data.taxonomy import NOVEL
+from ..results.reading import Results, trial_checkpoint
 from ..train import checkpoint
 from ..train.metrics import SUPER_MARGIN, threshold_at_margin
 from ..train.train_config import TrainConfig
