@@ -92,7 +92,7 @@ def protocol(name: str, ds, extra: dict, folds: int, save: str | None = None) ->
               f"{m.get('objective_std', 0):.3f}; {cfg.novelty_score} at {cfg.threshold}: novel super "
               f"{m['novel_super_acc']:.3f} +- {m.get('novel_super_acc_std', 0):.3f}, novel sub {m['novel_sub_acc']:.3f}, "
               f"seen sub {m['seen_sub_acc']:.3f} ({m['epoch_time']:.0f} s)", flush=True)
-    fit(cfg, ds, report, scores=SCORES)
+    fit(cfg, ds, report)  # the config's own score each epoch; every score is re-scored on the final outputs below
     if save:
         torch.save([o.to_dict() for o in last["outs"]], save)
         print(f"  saved the folds' final outputs to {save} (re-score with --rescore {save})", flush=True)
