@@ -89,8 +89,8 @@ def disagreement(out, level: str) -> torch.Tensor:
     """Minus the members' mutual information at this level (0 when every member predicts alike)."""
     members = getattr(out, f"member_{level}_logits", None)
     if members is None:
-        raise ConfigError("novelty score 'disagreement' needs an ensemble's outputs (predict --ensemble K, or "
-                          "bench/ensemble.py); a single model has no members to disagree")
+        raise ConfigError("novelty score 'disagreement' needs an ensemble's outputs (predict --ensemble K "
+                          "--ensemble-score disagreement); a single model has no members to disagree")
     p = members.float().softmax(-1)
     mean = p.mean(0)
     entropy = -(mean * mean.clamp(min=1e-12).log()).sum(-1)
