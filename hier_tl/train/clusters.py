@@ -47,7 +47,7 @@ class Discovery:
 
 def discover(out, sup: torch.Tensor, sub: torch.Tensor, max_new: int = MAX_NEW, union: bool = True,
              seed: int = 0) -> Discovery:
-    """Cluster `out`'s images (a `metrics.Outputs` with backbone features and a bank) given the per-image
+    """Cluster `out`'s images (an `Outputs` with backbone features and a training bank) given the per-image
     predictions `sup`, `sub` (head positions, NOVEL where novel). With `union`, an image stays novel at the
     subclass level when the per-image rule said so; otherwise the clusters alone decide (images in a known
     subclass's cluster get that subclass)."""
