@@ -121,10 +121,13 @@ HEADER = ["image", "superclass_index", "subclass_index"]
 def write_predictions(predictor: Predictor, images_dir: Path | str, out: Path | str, chunk: int = CHUNK) -> int:
     """Predict every readable image in `images_dir` into a CSV, streamed: `chunk` images are decoded (as the
     training images were), predicted and written at a time, in file-name order, so the cost is linear in
-    the images and memory bounded. The CSV appears complete or not at all. Every image left out (unreadable,
+    the images and memory bounded (with `--discover`, one chunk: the images are clustered together). The CSV
+    appears complete or not at all. Every image left out (unreadable,
     or a file name with control characters no CSV reader takes back) is reported. Returns the rows written."""
     paths = list_images(images_dir)
     keep = [p for p in paths if not UNSAFE_NAME.search(p.name) and _encodable(p.name)]
+    if getattr(predictor, "discover", False):  # category discovery clusters the folder's images together
+        chunk = max(chunk, len(keep))
     if len(keep) < len(paths):
         bad = [p.name for p in paths if p not in set(keep)]
         print(f"warning: {len(bad)} image(s) skipped: their file names hold control characters or bytes that "
