@@ -65,8 +65,11 @@ class Recorder(Callback):
         self.t0 = self.last_print = self.last_trials = time.time()
         self.planned = expected_trials(sweep)
 
-    def __getstate__(self) -> dict:  # Tune pickles its callbacks into tuner.pkl: no actor handle in there
-        return {**self.__dict__, "board": None}
+    def __getstate__(self) -> dict:
+        """Tune pickles its callbacks into tuner.pkl; a resumed sweep gets a new recorder (raycompat.set_callbacks),
+        so only the settings go there: no actor handle, open journal or ledger (which grows with the sweep)."""
+        return {k: self.__dict__[k] for k in ("storage", "sweep", "flush_seconds", "progress_every", "heartbeat",
+                                              "log", "planned")}
 
     # -- Tune hooks --
     def setup(self, **info) -> None:
