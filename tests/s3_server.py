@@ -21,7 +21,8 @@ def s3_bucket(monkeypatch, bucket: str = "hier") -> Iterator[str]:
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
-        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1").create_bucket(Bucket=bucket)
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+        client.create_bucket(Bucket=bucket)
         yield f"s3://{bucket}/sweeps?region=us-east-1&endpoint_override=127.0.0.1:{port}&scheme=http"
     finally:
         server.stop()

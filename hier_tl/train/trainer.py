@@ -3,8 +3,9 @@
 The dataset lives on the device as uint8 where it fits (a GPU with room to spare, or the CPU, where a
 mapped store stays mapped and a batch gather copies that batch alone); on a GPU it does not fit, it stays on
 the host and each batch is gathered there and copied without blocking, from pinned memory. Augmentation is
-batched on the device; channels_last everywhere, bf16 autocast on CUDA and on CPUs with native bf16 (`precision: auto`); no host sync inside the step loop (the loss is summed on the device and read once
-per epoch, which is also where a NaN or infinite loss stops the run).
+batched on the device; channels_last everywhere, bf16 autocast on CUDA and on CPUs with native bf16
+(`precision: auto`); no host sync inside the step loop (the loss is summed on the device and read once per
+epoch, which is also where a NaN or infinite loss stops the run).
 """
 
 from __future__ import annotations
