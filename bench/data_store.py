@@ -11,11 +11,13 @@ k processes counts 1/k in each, so the PSS of processes adds up to the memory th
 its split into anonymous memory (the process's own: the runtime, the model, an in-memory dataset) and
 file pages (the mapped store, the libraries). Linux only.
 
-speed: images/s of `fit` on --data (a dataset folder, decoded through the cache) from the images in memory
-(a private copy, as before) and from the mapped store, in one run, alternated --repeats times.
+speed: training images/s of `fit` on --data (a dataset folder, decoded through the cache) from the images
+in memory (a private copy, as before) and from the mapped store, in one run, alternated --repeats times;
+per second of wall time and per second of the process's CPU time (steadier on a shared machine).
+cnn_tiny by default: the cheaper the model, the larger the data path's share of a step.
 
     python bench/data_store.py memory --gb 3.5
-    python bench/data_store.py speed --data ../shared/data/nndl64 --epochs 3 --repeats 3
+    python bench/data_store.py speed --data ../shared/data/nndl64 --epochs 2 --repeats 4
 """
 
 from __future__ import annotations
@@ -143,25 +145,39 @@ def speed(args) -> None:
     import torch
 
     from hier_tl.data.dataset import load_dataset
-    from hier_tl.train.trainer import fit
 
     mapped = load_dataset(args.data)
     assert mapped.store is not None, "the decode cache could not be written: nothing is mapped"
     in_memory = replace(mapped, images=mapped.images.clone(), store=None)
     cfg = trial_config(backbone=args.backbone, depth="full", epochs=args.epochs, batch_size=64, image_size=0,
                        hflip=True, rotate_deg=10.0, jitter=0.2, val_fraction=0.1, eval_batch_size=512)
-    print(f"{args.data}: {len(mapped)} images, {args.backbone}, {args.epochs} epochs x {args.repeats} per path, "
-          f"torch threads {torch.get_num_threads()}", flush=True)
+    print(f"{args.data}: {len(mapped)} images, {args.backbone}, batch 64, {args.epochs} epoch(s) x {args.repeats} "
+          f"runs per path, alternated; torch threads {torch.get_num_threads()}", flush=True)
     rates = {"in memory": [], "mapped": []}
     for r in range(args.repeats):
-        for name, data in (("in memory", in_memory), ("mapped", mapped)) if r % 2 == 0 else \
-                (("mapped", mapped), ("in memory", in_memory)):
-            h = fit(cfg, data).history
-            rate = sum(m["images_per_s"] * m["train_time"] for m in h) / sum(m["train_time"] for m in h)
-            rates[name].append(rate)
-            print(f"  {name:9s} run {r + 1}: {rate:.1f} images/s", flush=True)
-    a, b = statistics.median(rates["in memory"]), statistics.median(rates["mapped"])
-    print(f"\nmedian images/s: in memory {a:.1f}, mapped {b:.1f}: mapped / in memory = {b / a:.3f}")
+        for name in ("in memory", "mapped") if r % 2 == 0 else ("mapped", "in memory"):
+            got = epoch_rates(cfg, in_memory if name == "in memory" else mapped)
+            rates[name] += got
+            print(f"  {name:9s} run {r + 1}: " + ", ".join(f"{w:.1f} images/s ({c:.1f} per CPU-s)" for w, c in got),
+                  flush=True)
+    med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in rates.items()}
+    for k, (w, c) in med.items():
+        print(f"{k:9s} median of {len(rates[k])} epochs: {w:.1f} images/s, {c:.1f} images per CPU-second")
+    print(f"mapped / in memory: {med['mapped'][0] / med['in memory'][0]:.3f} (wall), "
+          f"{med['mapped'][1] / med['in memory'][1]:.3f} (CPU time)")
+
+
+def epoch_rates(cfg, data) -> list[tuple[float, float]]:
+    """(training images per second of wall time, per second of this process's CPU time) of every epoch,
+    timed between the trainer's "training" and "evaluating" phases."""
+    from hier_tl.train.trainer import fit
+
+    marks = []
+    res = fit(cfg, data, progress=lambda phase, *_: marks.append((phase, time.perf_counter(), time.process_time())))
+    n = res.history[0]["images_per_s"] * res.history[0]["train_time"]
+    starts = [m for m in marks if m[0] == "training"]
+    ends = [m for m in marks if m[0] == "evaluating"]
+    return [(n / (e[1] - s[1]), n / (e[2] - s[2])) for s, e in zip(starts, ends)]
 
 
 def main() -> None:
@@ -174,9 +190,9 @@ def main() -> None:
     m.add_argument("--tmp", default=None, help="where to write the store (a local disk)")
     s = sub.add_parser("speed")
     s.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "nndl64"))
-    s.add_argument("--backbone", default="cnn")
-    s.add_argument("--epochs", type=int, default=3)
-    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--backbone", default="cnn_tiny")
+    s.add_argument("--epochs", type=int, default=2)
+    s.add_argument("--repeats", type=int, default=4)
     t = sub.add_parser("trial")
     t.add_argument("ref")
     t.add_argument("mode")
