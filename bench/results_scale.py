@@ -5,7 +5,7 @@ thresholds = 32 threshold rows), through the same Tune callback the sweep uses (
 Ray-free ledger + append-only Parquet parts), on a local results folder. No Ray cluster, no training.
 Prints ms per report over the first and the last 10% of reports, their ratio, and the total.
 
-    python bench/results_scale.py                    # 60 x 15 (sweeps/search.yaml's size) and 1,000 x 20
+    python bench/results_scale.py                    # 60 x 15 (sweeps/search.yaml's size), 1,000 x 20, 10,000 x 3
     python bench/results_scale.py --trials 60 --epochs 15
 """
 
@@ -52,7 +52,7 @@ def run(n_trials: int, n_epochs: int, concurrent: int = 8) -> dict:
         trials = [SimpleNamespace(trial_id=f"t{i:05d}", config={"lr": 10 ** rng.uniform(-4, -2)}, path=f"{d}/t{i}",
                                   error_file=None) for i in range(n_trials)]
         times, queue, running = [], list(trials), []
-        t_all = time.perf_counter()
+        t_all, cpu_all = time.perf_counter(), time.process_time()
         while queue or running:
             while queue and len(running) < concurrent:
                 t = queue.pop(0)
@@ -69,11 +69,11 @@ def run(n_trials: int, n_epochs: int, concurrent: int = 8) -> dict:
                 running.remove(slot)
             times.append(time.perf_counter() - t0)
         rec.on_experiment_end(trials)
-        total = time.perf_counter() - t_all
+        total, cpu = time.perf_counter() - t_all, time.process_time() - cpu_all
         k = max(1, len(times) // 10)
         first, last = sum(times[:k]) / k * 1e3, sum(times[-k:]) / k * 1e3
         return {"trials": n_trials, "epochs": n_epochs, "reports": len(times), "first_ms": first, "last_ms": last,
-                "ratio": last / first, "total_s": total}
+                "ratio": last / first, "total_s": total, "cpu_per_trial_ms": cpu / n_trials * 1e3}
 
 
 def main() -> None:
@@ -81,13 +81,14 @@ def main() -> None:
     ap.add_argument("--trials", type=int)
     ap.add_argument("--epochs", type=int)
     a = ap.parse_args()
-    sizes = [(a.trials, a.epochs)] if a.trials else [(60, 15), (1000, 20)]
+    sizes = [(a.trials, a.epochs)] if a.trials else [(60, 15), (1000, 20), (10_000, 3)]
     TrainConfig()  # import the registries before timing
     for n, e in sizes:
         with contextlib.redirect_stdout(io.StringIO()):  # the sweep's progress lines
             r = run(n, e)
         print(f"{n} trials x {e} epochs = {r['reports']} reports: {r['first_ms']:.1f} ms/report over the first 10%, "
-              f"{r['last_ms']:.1f} ms over the last 10% (x{r['ratio']:.2f}); {r['total_s']:.1f} s in all", flush=True)
+              f"{r['last_ms']:.1f} ms over the last 10% (x{r['ratio']:.2f}); {r['total_s']:.1f} s in all, driver CPU "
+              f"{r['cpu_per_trial_ms']:.1f} ms per trial (its whole life: start, reports, end)", flush=True)
 
 
 if __name__ == "__main__":

@@ -122,14 +122,12 @@ def cmd_predict(args) -> int:
     from .predict.predict import run
 
     run(args.source, args.images, args.out, args.trial, args.threshold, args.refit, args.data, args.all_variants,
-        args.epoch, protocol=args.protocol)
+        args.epoch, protocol=args.protocol, ensemble=args.ensemble, ensemble_score=args.ensemble_score,
+        discover=args.discover)
     return 0
 
 
 def cmd_export(args) -> int:
-    from .analysis.mlflow_client import probe
-
-    probe(args.tracking_uri)  # a server that is down or failing: one line now, before the results are read
     from .analysis.export import export_mlflow
 
     export_mlflow(args.results, args.tracking_uri, args.experiment, args.artifact_location)
@@ -259,6 +257,14 @@ def _add_results(sub) -> None:
     pr.add_argument("--protocol", metavar="LABEL|N", help=PROTOCOL_HELP)
     pr.add_argument("--all-variants", action="store_true",
                     help="one CSV per backbone x depth (its best trial), named OUT_<backbone>_<depth>.csv")
+    pr.add_argument("--ensemble", type=int, default=0, metavar="K",
+                    help="average the K best trials of the best trial's protocol (with --refit: refit each); "
+                    "thresholds resolved again on the ensemble")
+    pr.add_argument("--ensemble-score", metavar="SCORE", help="with --ensemble: the novelty score (default: the "
+                    "trials' own; 'disagreement' is the members' mutual information)")
+    pr.add_argument("--discover", action="store_true", help="transductive: cluster the folder's images with the "
+                    "training bank per superclass; clusters with no training image are novel subclasses "
+                    "(each prediction then depends on the other images)")
     pr.set_defaults(fn=cmd_predict)
     ex = sub.add_parser("export", help="export a sweep to a tracker (mlflow)",
                         description="Export a sweep to MLflow: one parent run, a nested run per trial (config as "

@@ -110,7 +110,7 @@ def test_debug_prints_the_traceback_in_a_real_process(tmp_path):
     argv = [sys.executable, "-m", "hier_tl.cli", "data", "synth", str(tmp_path / "s"), "--n-super", "99"]
     plain = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
     debug = subprocess.run(argv[:3] + ["--debug"] + argv[3:], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert plain.returncode == 2 and plain.stderr == "error: n_super must be between 1 and 7, got 99\n"
+    assert plain.returncode == 2 and plain.stderr == "error: n_super: 99 is out of range; must be in [1, 7]\n"
     assert debug.returncode == 1 and debug.stderr.startswith("Traceback (most recent call last):")
     assert debug.stderr.rstrip().endswith("ConfigError: n_super: 99 is out of range; must be in [1, 7]")
 

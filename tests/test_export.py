@@ -28,14 +28,14 @@ S3 = "s3://bucket/prefix?region=us-east-1&endpoint_override=127.0.0.1:9&scheme=h
 def _results(root: Path | str, name: str = "sw") -> str:
     """A finished two-trial sweep folder as `hier-tl sweep` writes it (t1 is the best and has a checkpoint)."""
     st = Storage(str(root), name)
-    st.write_text("sweep.yaml", yaml.safe_dump({"name": name, "search": {"algo": "grid"},
+    st.write_text("sweep.yaml", yaml.safe_dump({"name": name, "base": {}, "space": {}, "search": {"algo": "grid"},
                                                 "scheduler": {"kind": "none", "metric": "objective", "mode": "max"}}))
     st.write_trials([{"trial_id": f"t{i}", "status": "completed", "epochs_run": 2, "lr": 0.01 * (i + 1), "seed": i,
-                      "final_objective": 0.5 + 0.1 * i, "trial_dir": f"trials/t{i}"} for i in range(2)])
+                      "final_objective": 0.5 + 0.1 * i, "trial_dir": f"runs/t{i}"} for i in range(2)])
     with st.table("epochs") as t:
         t.append([{"trial_id": f"t{i}", "epoch": e, "objective": 0.2 * e + 0.1 * i, "time": 1.79e9 + 60 * e + i}
                   for i in range(2) for e in (1, 2)])
-    st.write_bytes("trials/t1/checkpoint_000002/checkpoint.pt", checkpoint.to_bytes(
+    st.write_bytes("runs/t1/checkpoint_000002/checkpoint.pt", checkpoint.to_bytes(
         {"model": {}, "epoch": 2, "config": {}, "space": {}, "history": [], "norm": [[0.5], [0.5]]}))
     return st.uri
 

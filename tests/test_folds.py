@@ -14,6 +14,8 @@ def test_fold_metrics_are_means_with_spread_summed_times_and_fold_zero_threshold
     assert m["novel_super_acc"] == pytest.approx(0.2)  # a fold without novel images does not count
     assert m["train_time"] == 3.0 and m["threshold_super"] == 0.3 and m["epoch"] == 2
     assert folds.combine_folds(per_fold[:1]) is per_fold[0]
+    breeds = folds.combine_folds([{"new_breed_as_novel_super": 0.1}, {"new_breed_as_novel_super": 0.3}])
+    assert breeds == {"new_breed_as_novel_super": pytest.approx(0.2), "new_breed_as_novel_super_std": pytest.approx(0.1)}
     rows = folds.mean_rows([[{"score": "msp", "threshold": "best", "objective": 0.4, "threshold_super": 0.1}],
                               [{"score": "msp", "threshold": "best", "objective": 0.8, "threshold_super": 0.7}]])
     assert rows == [{"score": "msp", "threshold": "best", "objective": pytest.approx(0.6), "threshold_super": 0.1}]

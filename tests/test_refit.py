@@ -24,4 +24,9 @@ def test_predict_with_refit(sweep, tmp_path):
     last = ckpt["history"][-1]
     assert (p.thr_super, p.thr_sub) == (last["threshold_super"], last["threshold_sub"])
     assert last["seen_sub_acc"] == last["seen_sub_acc"]  # calibration images exist (not NaN)
+    # the calibration images are all known breeds: the superclass threshold keeps the trial's margin below them
+    # (its validation held a subclass out), and both thresholds are recorded
+    cal = ckpt["calibration"]
+    assert cal["super_margin"] == cal["super_margin"] and cal["super_threshold"] == last["threshold_super"]
+    assert "super_recalibrated" in cal
     assert not list((results / "refit").glob("*/*.tmp"))

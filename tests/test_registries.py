@@ -15,8 +15,9 @@ from hier_tl.train.registries import (
 )
 
 LOGIT_SCORES = ["energy", "maxlogit", "msp"]
-REFERENCE_SCORES = ["pretrained_hier", "pretrained_knn", "pretrained_mahalanobis"]
-FEATURE_SCORES = ["fusion", "hier", "knn", "knn_backbone", "mahalanobis", *REFERENCE_SCORES, "vim"]
+REFERENCE_SCORES = ["pretrained_hgauss", "pretrained_hier", "pretrained_hier_hgauss", "pretrained_knn",
+                    "pretrained_mahalanobis"]
+FEATURE_SCORES = ["disagreement", "fusion", "hier", "knn", "knn_backbone", "mahalanobis", *REFERENCE_SCORES, "vim"]
 
 REGISTRIES = {  # registry: (its entries, the metadata keys the code reads)
     "BACKBONES": (BACKBONES, ["cnn", "cnn_tiny", "efficientnet_b0", "efficientnet_lite0", "efficientnet_lite1",
@@ -57,7 +58,8 @@ def test_novelty_scores_say_what_they_need():
     assert sorted(SCORES.names(features=True)) == sorted(FEATURE_SCORES)
     assert SCORES.names(reference=True) == REFERENCE_SCORES
     same = SCORES.names(same_levels=True)
-    assert same == ["knn", "knn_backbone", "mahalanobis", "pretrained_knn", "pretrained_mahalanobis"]
+    assert same == ["knn", "knn_backbone", "mahalanobis", "pretrained_hgauss", "pretrained_knn",
+                    "pretrained_mahalanobis"]
     assert set(same) <= set(FEATURE_SCORES)  # a logit score reads one level's logits: it differs per level
 
 

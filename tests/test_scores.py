@@ -147,3 +147,27 @@ def test_pretrained_scores_train_and_predict_from_the_checkpoint_as_validated(sy
     want = res.space.decode(*novelty.predict(res.outputs, res.space, cfg.novelty_score, m["threshold_super"],
                                              m["threshold_sub"]))
     assert torch.equal(sup, want[0]) and torch.equal(sub, want[1])
+
+
+def test_pretrained_hgauss_keeps_a_plausible_new_member_of_a_superclass():
+    """Subclasses 0-2 (superclass 0) spread over axes 0-2, subclasses 3-5 (superclass 1) over axes 3-5. An image
+    at the centre of superclass 0's subclasses is far from each of them, as far as one mixing axes of both
+    superclasses; the hierarchical Gaussian keeps the
+    first (a new breed among its siblings) above the second, which nearest-subclass Mahalanobis ranks higher.
+    It never scores below the nearest-subclass term."""
+    from hier_tl.data.taxonomy import LabelSpace
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(6).repeat_interleave(40)
+    bank = torch.eye(16)[labels] * 4 + 0.3 * torch.randn(240, 16, generator=g)
+    centre = torch.zeros(1, 16)
+    centre[0, :3] = 4 / 3
+    mixed = torch.zeros(1, 16)
+    mixed[0, [0, 3, 4]] = 4 / 3
+    space = LabelSpace((0, 1), tuple(range(6)), (0, 0, 0, 1, 1, 1), 2, 6)
+    out = Outputs(torch.zeros(2, 2), torch.zeros(2, 6), space=space, feats=torch.zeros(2, 1), bank=torch.zeros(240, 1),
+                  ref_feats=torch.cat([centre, mixed]), bank_ref=bank, bank_sub_target=labels)
+    maha, hg = out.score("pretrained_mahalanobis", "super"), out.score("pretrained_hgauss", "super")
+    assert maha[0] < maha[1] and hg[0] > hg[1] + 1
+    assert (hg >= 0.5 * maha - 1e-4).all()
+    assert torch.equal(out.score("pretrained_hier_hgauss", "super"), hg)

@@ -314,7 +314,7 @@ def test_flush_by_time(fs, tmp_path):
 
 def test_append_cost_does_not_grow_with_the_table(fs, tmp_path):
     """20,000 rows in 1,000 appends, flush every 500 rows: 40 parts, the last flushes no slower than the first."""
-    t = table(fs, tmp_path, flush_rows=500)
+    t = table(fs, tmp_path, flush_rows=500, merge_parts=10**9)  # appends alone (merging: the next test)
     flush_times = []
     for i in range(1000):
         rows = [{"trial_id": f"t{i % 50}", "epoch": i * 20 + j, "acc": j / 20, "loss": float(i)} for j in range(20)]
@@ -359,3 +359,45 @@ def test_any_pyarrow_filesystem(tmp_path):
     assert len(t.parts()) == 1 and (tmp_path / "sweep" / "thresholds").is_dir()
     df = read_table(sub, "sweep", "thresholds", ("trial_id", "score"))
     assert sorted(zip(df["score"], df["v"])) == [("energy", 2), ("msp", 3)]
+
+
+def test_a_writer_merges_its_own_latest_parts_so_they_never_pile_up(fs, tmp_path, monkeypatch):
+    """Every 8 flushes the writer merges its last 8 parts into one, from the tables it holds (no part is read
+    back, no row merged twice); the table reads the same as without merging."""
+    from hier_tl.results import tables
+    merged = []
+    real = tables._combine
+    monkeypatch.setattr(tables, "_combine", lambda ts, key: merged.append(sum(t.num_rows for t in ts)) or real(ts, key))
+    monkeypatch.setattr(tables, "_read_part", lambda *a, **k: pytest.fail("a part was read back"))
+    t = table(fs, tmp_path, flush_rows=10, merge_parts=8)
+    for i in range(100):  # 1,000 rows, 100 flushes; trial t7's rows are rewritten (same key) as they go
+        t.append([{"trial_id": f"t{i % 10}", "epoch": i, "acc": i / 100} for _ in range(10)])
+    assert merged == [80] * 12 and len(part_files(tmp_path)) == 12 + 4  # 12 merged parts + 4 recent ones
+    monkeypatch.undo()
+    df = read(fs, tmp_path)
+    assert len(df) == 100 and df.set_index("epoch").acc.to_dict() == {i: i / 100 for i in range(100)}
+
+
+def test_a_snapshot_table_compacts_into_its_file_and_readers_skip_the_parts_it_covers(fs, tmp_path):
+    """The trials table: compaction writes trials.parquet with the parts it holds; a compaction killed before
+    deleting them (the parts copied back) reads the same, and the next compaction removes them."""
+    import shutil
+    t = PartsTable(fs, str(tmp_path), "trials", ("trial_id",), flush_rows=10**9, flush_seconds=math.inf,
+                   snapshot=True)
+    for status in ("pending", "running", "completed"):
+        t.append([{"trial_id": "a", "status": status}, {"trial_id": "b", "status": status}])
+        t.flush()
+    parts = sorted((tmp_path / "trials").iterdir())
+    saved = tmp_path / "saved"
+    shutil.copytree(tmp_path / "trials", saved)
+    assert t.compact() == 2 and not list((tmp_path / "trials").iterdir())
+    for p in saved.iterdir():  # as if the compaction had been killed before deleting them
+        shutil.copy(p, tmp_path / "trials" / p.name)
+    t.append([{"trial_id": "b", "status": "errored"}])
+    t.flush()
+    df = read_table(fs, str(tmp_path), "trials", ("trial_id",)).set_index("trial_id")
+    assert dict(df.status) == {"a": "completed", "b": "errored"}  # the stale parts are skipped
+    t.compact()
+    assert [p.name for p in (tmp_path / "trials").iterdir()] == [] and len(parts) == 3
+    assert dict(read_table(fs, str(tmp_path), "trials", ("trial_id",)).set_index("trial_id").status) == {
+        "a": "completed", "b": "errored"}

@@ -11,7 +11,7 @@ from ..core.errors import HierTLError
 from ..results.reading import best_trial, load_results, trial_checkpoint
 from ..results.storage import Storage
 from ..train.train_config import CONFIG_KEYS
-from .mlflow_client import is_server, shown
+from .mlflow_client import is_server, probe, shown
 
 ARTIFACTS = "mlflow-artifacts"  # the folder beside the results that --artifact-location defaults to
 
@@ -45,7 +45,8 @@ def export_mlflow(uri: str, tracking_uri: str, experiment: str | None = None, ar
     Exporting again adds only what is new; concurrent exports leave one run per sweep and per trial."""
     from . import mlflow_export
 
-    res = load_results(uri, tables=("epochs",))
+    res = load_results(uri, tables=("epochs",))  # a damaged results folder says so first
+    probe(tracking_uri)  # a server that is down or failing: one line, before any checkpoint is read
     best = best_trial(res.trials, res.metric, res.mode) if len(res.trials) else None
     meta = {"name": res.meta.get("name", res.storage.name), "config_keys": list(CONFIG_KEYS), "metric": res.metric,
             "mode": res.mode, "best_trial_id": None if best is None else best["trial_id"],

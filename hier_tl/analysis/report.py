@@ -133,6 +133,8 @@ def write_report(uri: str, out_dir: str | None = None, command: str = "") -> tup
     page = report_pages.Page(res, table, state, sections, command)
     write_text(out / "report.md", page.markdown())
     write_text(out / "report.html", page.html(out))
+    if res.storage.is_local and out.resolve() != Path(res.storage.exp).resolve() and res.meta:
+        write_text(out / "sweep.yaml", res.storage.read_text("sweep.yaml"))  # a report elsewhere says what it shows
     return table, state, out
 
 

@@ -5,6 +5,7 @@ The configs themselves live with what they configure (`train.train_config`, `swe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import types
@@ -123,9 +124,16 @@ class Check:
         self.fn(v, key)
 
 
+@functools.cache
 def field_rules(cls) -> dict[str, tuple]:
     """Field name -> the `Annotated` metadata declared beside it (constraints and markers)."""
     return {k: getattr(h, "__metadata__", ()) for k, h in typing.get_type_hints(cls, include_extras=True).items()}
+
+
+@functools.cache
+def _hints(cls) -> dict[str, Any]:
+    """The dataclass's field types (computed once per class: `typing.get_type_hints` is slow)."""
+    return typing.get_type_hints(cls)
 
 
 def marked(cls, marker: str) -> tuple[str, ...]:
@@ -174,7 +182,7 @@ def from_dict(cls, data: dict[str, Any] | None, where: str = ""):
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(map(str, data)) - names)
     if unknown:

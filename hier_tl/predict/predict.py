@@ -25,7 +25,7 @@ from ..results.reading import (
     select,
     trial_checkpoint,
 )
-from ..results.storage import local_path
+from ..results.storage import Storage, local_path
 from ..train import checkpoint
 from ..train.novelty import needs_reference
 from ..train.outputs import Outputs
@@ -56,6 +56,7 @@ class Predictor:
     bank: dict | None = None  # the training bank (Outputs.bank_state()), for feature-space scores
     tta: bool = False  # mirror-image averaging, as the model was validated
     reference: TrainConfig | None = None  # the trial's config, when its score needs reference features
+    discover: bool = False  # transductive category discovery over the images predicted together (discovery.py)
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict | Path | str, threshold: str | float | None = None, device: str = "cpu",
@@ -77,8 +78,10 @@ class Predictor:
 
     def predict(self, images: torch.Tensor, batch: int = 512, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images -> mapping-file indices (novel indices where novel), both levels."""
-        from ..train.novelty import predict as rule
+        return decide(self.outputs(images, batch, progress), self.score, self.thr_super, self.thr_sub, self.discover)
 
+    def outputs(self, images: torch.Tensor, batch: int = 512, progress: bool = True) -> Outputs:
+        """The model's outputs for uint8 images, with the training bank (and reference features) scores need."""
         parts = []
         with bar(len(images), "predict") if progress else contextlib.nullcontext() as counter:
             for start in range(0, len(images), batch):
@@ -93,8 +96,20 @@ class Predictor:
         if self.reference is not None:
             device = next(self.model.parameters()).device
             out = replace(out, ref_feats=reference_features(self.reference, images.to(device)))
-        sups, subs = rule(out, self.space, self.score, self.thr_super, self.thr_sub)  # scored once, all images
-        return self.space.decode(sups, subs)
+        return out
+
+
+def decide(out: Outputs, score: str, thr_super: float, thr_sub: float, discover: bool = False):
+    """The hierarchy rule on outputs (scored once, all images), then, with `discover`, category discovery over
+    them (`train.clusters`, which prints what it found); mapping-file indices at both levels."""
+    from ..train.novelty import predict as rule
+
+    sups, subs = rule(out, out.space, score, thr_super, thr_sub)
+    if discover:
+        from .discovery import discover_in
+
+        sups, subs = discover_in(out, sups, subs)
+    return out.space.decode(sups, subs)
 
 
 
@@ -106,10 +121,13 @@ HEADER = ["image", "superclass_index", "subclass_index"]
 def write_predictions(predictor: Predictor, images_dir: Path | str, out: Path | str, chunk: int = CHUNK) -> int:
     """Predict every readable image in `images_dir` into a CSV, streamed: `chunk` images are decoded (as the
     training images were), predicted and written at a time, in file-name order, so the cost is linear in
-    the images and memory bounded. The CSV appears complete or not at all. Every image left out (unreadable,
+    the images and memory bounded (with `--discover`, one chunk: the images are clustered together). The CSV
+    appears complete or not at all. Every image left out (unreadable,
     or a file name with control characters no CSV reader takes back) is reported. Returns the rows written."""
     paths = list_images(images_dir)
     keep = [p for p in paths if not UNSAFE_NAME.search(p.name) and _encodable(p.name)]
+    if getattr(predictor, "discover", False):  # category discovery clusters the folder's images together
+        chunk = max(chunk, len(keep))
     if len(keep) < len(paths):
         bad = [p.name for p in paths if p not in set(keep)]
         print(f"warning: {len(bad)} image(s) skipped: their file names hold control characters or bytes that "
@@ -161,10 +179,18 @@ def chosen_trials(res: Results, trial_id: str | None, all_variants: bool, protoc
 
 def run(source: str, images: str, out: str, trial_id: str | None = None, threshold: str | float | None = None,
         do_refit: bool = False, data_dir: str | None = None, all_variants: bool = False, epoch: str = "last",
-        log=print, protocol: str | None = None) -> list[tuple]:
-    """`hier-tl predict`: a run folder's checkpoint, or trial(s) of a sweep (local or object storage)."""
+        log=print, protocol: str | None = None, ensemble: int = 0, ensemble_score: str | None = None,
+        discover: bool = False) -> list[tuple]:
+    """`hier-tl predict`: a run folder's checkpoint, or trial(s) of a sweep (local or object storage); with
+    `ensemble` K, the K best trials of the deciding protocol as one model (`ensemble.py`); with `discover`,
+    category discovery over the folder's images (`discovery.py`)."""
+    if ensemble:
+        from .ensemble import predict_ensemble
+
+        return [predict_ensemble(source, images, out, ensemble, ensemble_score, do_refit, data_dir, discover, log,
+                                 protocol)]
     run_dir = local_path(source)
-    if run_dir is not None and (run_dir / "checkpoint.pt").is_file() and not (run_dir / "trials.parquet").is_file():
+    if run_dir is not None and (run_dir / "checkpoint.pt").is_file() and not Storage.open(str(run_dir)).has_trials():
         if trial_id or all_variants or do_refit:
             raise SelectionError("--trial, --all-variants and --refit need a sweep results folder, not a run folder")
         jobs = [(run_dir / "checkpoint.pt", str(run_dir / "checkpoint.pt"), Path(out))]  # with val_outputs.pt
@@ -180,6 +206,7 @@ def run(source: str, images: str, out: str, trial_id: str | None = None, thresho
     done = []
     for ckpt, where, path in jobs:
         predictor = Predictor.from_checkpoint(ckpt, threshold, name=where)
+        predictor.discover = discover
         n = write_predictions(predictor, images, path)
         log(f"wrote {path}: {n} images (thresholds {predictor.score}: superclass {predictor.thr_super:.4g}, "
             f"subclass {predictor.thr_sub:.4g})")

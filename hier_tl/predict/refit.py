@@ -11,8 +11,10 @@ import pandas as pd
 from ..core.config import Threshold, from_dict
 from ..core.errors import SelectionError
 from ..data.synthetic import SynthSpec, load_source
+from ..data.taxonomy import NOVEL
 from ..results.reading import Results, trial_checkpoint
 from ..train import checkpoint
+from ..train.metrics import SUPER_MARGIN, threshold_at_margin
 from ..train.train_config import TrainConfig
 from ..train.trainer import fit
 
@@ -24,7 +26,12 @@ def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print) -> di
     epoch, and save it as refit/<trial>/checkpoint.pt in the sweep. Thresholds: a similarity threshold of
     one model does not transfer to another, so a `tpr:P` rule is resolved again on held-back calibration
     images (10%, stratified) of the refit model; a number or `best` keeps the sweep trial's value (per
-    level, with `SUPER/SUB` rules). The checkpoint records which (`calibration`)."""
+    level, with `SUPER/SUB` rules). The checkpoint records which (`calibration`).
+
+    The superclass level: the held-back images are all of trained subclasses, so a `tpr:` rule resolved on
+    them alone keeps no room for new breeds of known animals (the trial's validation held some out). Where the
+    trial recorded its `super_margin`, the refit's superclass threshold sits that many known-breed spreads
+    below their median instead (`_transfer`); both thresholds are printed side by side."""
     ckpt, _ = trial_checkpoint(res.storage, trial)
     cfg = from_dict(TrainConfig, ckpt["config"])
     last = ckpt["history"][-1] if ckpt.get("history") else {}
@@ -45,7 +52,7 @@ def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print) -> di
     data, saved, t0 = load_source(source, synth), {}, time.time()
 
     def report(r) -> None:
-        saved["state"] = r.state()
+        saved["state"], saved["outputs"] = r.state(), r.outputs
         log(f"refit epoch {r.metrics['epoch']}/{refit_cfg.epochs}: train loss {r.metrics['train_loss']:.3f}, "
             f"{r.metrics['images_per_s']:.0f} img/s, {time.time() - t0:.0f} s")
 
@@ -55,6 +62,8 @@ def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print) -> di
     if recalibrate:
         state["calibration"] = {"method": "held-back calibration images", "fraction": CALIBRATION, "rule": rule,
                                 "levels": again, "sweep_thresholds": list(thresholds)}
+        if "super" in again:
+            _transfer(state, saved["outputs"], cfg.novelty_score, last.get(SUPER_MARGIN, math.nan), log)
     else:
         final.update(threshold_super=thresholds[0], threshold_sub=thresholds[1])
         state["calibration"] = {"method": "the sweep trial's thresholds", "rule": rule}
@@ -66,3 +75,19 @@ def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print) -> di
     return state
 
 
+def _transfer(state: dict, out, score: str, margin: float, log) -> None:
+    """Move the refit's superclass threshold to the trial's `super_margin` on its held-back images (all of
+    trained subclasses), print both calibrations, and record them in `state["calibration"]`."""
+    final = state["history"][-1]
+    known = out.score(score, "super")[out.super_target != NOVEL]
+    recalibrated = float(final["threshold_super"])
+    if not math.isfinite(margin) or len(known) < 2:
+        log(f"refit: superclass threshold {recalibrated:.4g} from held-back images of trained subclasses only (the "
+            "trial recorded no super_margin: its validation held out no subclass, or it predates the metric)")
+        return
+    moved = threshold_at_margin(known, margin)
+    log(f"refit: superclass threshold {recalibrated:.4g} on held-back images of trained subclasses alone; "
+        f"{moved:.4g} at the trial's margin ({margin:.2f} known-breed spreads below their median, from validation "
+        f"with new breeds held out): using {moved:.4g}")
+    final["threshold_super"] = moved
+    state["calibration"].update(super_recalibrated=recalibrated, super_margin=margin, super_threshold=moved)

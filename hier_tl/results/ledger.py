@@ -1,7 +1,7 @@
 """Every trial's status and one-row summary, kept incrementally: O(1) amortised work per report.
 
 `TrialLedger` knows nothing of Ray: a Tune callback forwards its hooks here (start / result / recover /
-complete / error / end) and rewrites the small trials table whenever `pop_dirty()` says it changed.
+complete / error / end) and appends the rows `pop_changed()` returns to the trials table.
 
 Statuses: pending -> running -> completed | stopped | errored; a retried failure (`recover`) goes back to
 pending until started again; `end()` marks whatever is still pending or running as interrupted.
@@ -59,6 +59,7 @@ class TrialLedger:
         self._state: dict[str, _Trial] = {}
         self._counts = dict.fromkeys(STATUSES, 0)
         self.dirty = False
+        self._changed: dict[str, None] = {}  # trials whose row changed since pop_changed (ordered set)
 
     # -- events --
     def start(self, tid: str, columns: dict | None = None) -> None:
@@ -141,6 +142,11 @@ class TrialLedger:
         """Ids of the trials running now."""
         return [tid for tid, row in self._rows.items() if row["status"] == "running"]
 
+    def pop_changed(self) -> list[dict]:
+        """Copies of the rows that changed since the last call (append them to the trials table); clears."""
+        changed, self._changed, self.dirty = self._changed, {}, False
+        return [self.row(tid) for tid in changed]
+
     def pop_dirty(self) -> bool:
         """Whether any row changed since the last call (then rewrite the trials table); clears the flag."""
         dirty, self.dirty = self.dirty, False
@@ -170,7 +176,8 @@ class TrialLedger:
             t = _Trial(wall=row["wall_s"], finals={k for k in row if k.startswith("final_")})
             status = status if status in STATUSES else "pending"  # unknown: it has to run again
             row["status"] = "interrupted" if status in ("pending", "running") else status
-            led.dirty |= row["status"] != status
+            if row["status"] != status:  # restored as interrupted: the table must say so too
+                led.dirty, led._changed[tid] = True, None
             led._rows[tid], led._state[tid] = row, t
             led._counts[row["status"]] = led._counts.get(row["status"], 0) + 1
             ran = row["epochs_run"]
@@ -189,6 +196,7 @@ class TrialLedger:
     def _get(self, tid: str, columns: dict | None = None) -> tuple[dict, _Trial]:
         """The trial's row and state, created (pending) if new; `columns` fill fields the row lacks."""
         self.dirty = True
+        self._changed[tid] = None
         if tid not in self._rows:
             row = {"trial_id": tid, "status": "pending", "error": None, "epochs_run": 0, "retries": 0}
             row.update({k: v for k, v in (columns or {}).items() if k not in _OWN})
@@ -233,6 +241,7 @@ class TrialLedger:
         self._counts[status] = self._counts.get(status, 0) + 1
         row["status"] = status
         self.dirty = True
+        self._changed[tid] = None
 
     def _wall(self, t: _Trial) -> float:
         return t.wall + (self.clock() - t.started if t.started is not None else 0.0)

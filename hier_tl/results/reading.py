@@ -49,7 +49,7 @@ def load_results(uri: str, tables: tuple[str, ...] = ("epochs", "thresholds")) -
     Damage is one StorageError line naming the file; files of another program say the folder is not a
     hier-tl results folder; unreadable parts of the epochs / thresholds tables are skipped with a warning."""
     st = Storage.open(uri)
-    if not st.exists("trials.parquet"):
+    if not st.has_trials():
         raise SelectionError(f"{uri}: no trials.parquet here (expected a sweep results folder, <storage>/<name>/, "
                              "as printed at the end of `hier-tl sweep`)")
     res = Results(st, st.read("trials"), meta=stored_sweep_file(st))

@@ -1,8 +1,9 @@
 """Where a sweep's results live: `<root>/<name>/` on a local disk or in object storage (s3://, gs://, with
 query parameters such as `endpoint_override` kept), read and written through one pyarrow filesystem.
 
-Tables: `trials.parquet` (one small file, rewritten when it changes) and the append-only `epochs/` and
-`thresholds/` folders of Parquet parts (`tables.PartsTable`); readers see them as one table each.
+Tables, each append-only (`tables.PartsTable`, O(1) amortised per row whatever the sweep's size) and read as
+one table: `trials/` (a row each time a trial's status or summary changes, compacted into the snapshot
+`trials.parquet`, which holds one row per trial once a sweep ends), `epochs/` and `thresholds/`.
 """
 
 from __future__ import annotations
@@ -123,12 +124,19 @@ class Storage:
         self.guard(lambda: self.fs.delete_dir(self.exp) if self.exists() else None, "delete")
 
     def table(self, name: str, **kw) -> PartsTable:
-        return self.guard(lambda: PartsTable(self.fs, self.exp, name, KEYS[name], **kw), "write", name)
+        """The append-only table `name`; the trials table compacts into its snapshot file trials.parquet."""
+        return self.guard(lambda: PartsTable(self.fs, self.exp, name, KEYS[name], snapshot=name == "trials", **kw),
+                          "write", name)
 
     def write_trials(self, rows: list[dict]) -> None:
+        """Write a whole trials table as the snapshot trials.parquet (tools and tests; a sweep appends parts)."""
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False), buf)
         self.write_bytes("trials.parquet", buf.getvalue())
+
+    def has_trials(self) -> bool:
+        """Whether a sweep has recorded trials here (its snapshot file or parts of the trials table)."""
+        return self.exists("trials.parquet") or bool(self.listdir("trials"))
 
     def read(self, name: str) -> pd.DataFrame:
         """A results table as one DataFrame (empty if the sweep has none yet). A damaged trials.parquet, or one
@@ -136,14 +144,17 @@ class Storage:
         parts of the other tables are skipped with a warning (`tables.read_table`)."""
         if name != "trials":
             return self.guard(lambda: read_table(self.fs, self.exp, name, KEYS[name]), "read", name)
-        if not self.exists("trials.parquet"):
+        if not self.has_trials():
             return pd.DataFrame()
-        data, where = self.read_bytes("trials.parquet"), self.file_uri("trials.parquet")
-        try:
-            df = pq.read_table(io.BytesIO(data)).to_pandas()
-        except (pa.ArrowException, OSError, ValueError) as e:
-            raise StorageError(f"cannot read {where}: not a Parquet file, or a damaged one ({first_line(e, 160)}); "
-                               "restore it from a copy") from None
+        snapshot = None
+        if self.exists("trials.parquet"):
+            data, where = self.read_bytes("trials.parquet"), self.file_uri("trials.parquet")
+            try:
+                snapshot = pq.read_table(io.BytesIO(data))
+            except (pa.ArrowException, OSError, ValueError) as e:
+                raise StorageError(f"cannot read {where}: not a Parquet file, or a damaged one "
+                                   f"({first_line(e, 160)}); restore it from a copy") from None
+        df = self.guard(lambda: read_table(self.fs, self.exp, "trials", KEYS["trials"], snapshot), "read", "trials")
         missing = [k for k in TRIAL_COLUMNS if k not in df.columns]
         if missing or not pd.api.types.is_numeric_dtype(df["epochs_run"]):
             why = f"no {', '.join(missing)} column" if missing else "its epochs_run column holds no numbers"

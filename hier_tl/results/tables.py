@@ -12,6 +12,15 @@ compacted ones included. Parts are ordered by (writer, seq), rows by part then i
 and reading keeps, for each key, the LAST row in that order. This is exact for one writer appending in
 order and for successive writers (resume); concurrent writers have no defined winner on a shared key.
 
+The cost per flush stays O(1) amortised at any table size: every `MERGE_PARTS` flushes, a writer merges the
+parts it wrote since its last merge into one (from the tables it still holds in memory: nothing is read
+back), so the folder holds one part per `MERGE_PARTS` flushes and nothing is ever rewritten twice before
+`compact()`, which merges everything (O(table)) and is called once, at the end of a sweep.
+
+A table kept as a snapshot (`snapshot=True`, the trials table) compacts into the single file
+`<root>/<name>.parquet` instead of a part: the file records, in its Parquet metadata, the parts it covers,
+and readers skip those, so a compaction killed before deleting them reads the same.
+
 Compaction is crash-safe: the compacted part holds, for each key, the last row of the parts it
 replaces. Wherever it sorts among those parts, the last row of a key over them and it is that same row,
 so a compaction killed before deleting them reads the same. It takes the compacting writer's next
@@ -35,16 +44,20 @@ import pyarrow.parquet as pq
 from ..core.fileio import first_line, write_atomic
 
 _PART = re.compile(r"^part-([0-9a-f]+)-(\d+)(-compact)?\.parquet$")
+MERGE_PARTS = 64  # a writer merges its own latest parts into one every this many flushes
+COVERS = b"hier_tl.covers"  # snapshot metadata: the part files it holds the rows of
 
 
 class PartsTable:
     """One append-only table, `<root>/<name>/`, written by this process; `key` identifies a row."""
 
     def __init__(self, fs: pafs.FileSystem, root: str, name: str, key: tuple[str, ...], flush_rows: int = 5000,
-                 flush_seconds: float = 2.0, clock: Callable[[], float] = time.monotonic):
+                 flush_seconds: float = 2.0, clock: Callable[[], float] = time.monotonic, snapshot: bool = False,
+                 merge_parts: int = MERGE_PARTS):
         self.fs, self.root, self.name, self.key = fs, root.rstrip("/"), name, tuple(key)
-        self.dir = f"{self.root}/{name}"
+        self.dir, self.snapshot, self.merge_parts = f"{self.root}/{name}", snapshot, merge_parts
         self.flush_rows, self.flush_seconds, self.clock = flush_rows, flush_seconds, clock
+        self._recent: list[tuple[str, pa.Table]] = []  # this writer's parts since its last merge, as written
         self.writer = f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(2)}"
         self.seq = 0  # parts written by this writer
         self._buffer: list[dict] = []
@@ -73,9 +86,23 @@ class PartsTable:
         if not self._buffer:
             return False
         self.seq += 1
-        _write_atomic(self.fs, f"{self.dir}/part-{self.writer}-{self.seq:06d}.parquet", _to_table(self._buffer))
+        path, table = f"{self.dir}/part-{self.writer}-{self.seq:06d}.parquet", _to_table(self._buffer)
+        _write_atomic(self.fs, path, table)
         self._buffer = []
+        self._recent.append((path, table))
+        if len(self._recent) >= self.merge_parts:
+            self._merge_recent()
         return True
+
+    def _merge_recent(self) -> None:
+        """This writer's parts since its last merge, as one part (they are its newest: the merged part, taking
+        its next `seq`, sorts where they did). Crash-safe as `compact` is."""
+        recent, self._recent = self._recent, []
+        self.seq += 1
+        _write_atomic(self.fs, f"{self.dir}/part-{self.writer}-{self.seq:06d}-compact.parquet",
+                      _as_arrow(_combine([t for _, t in recent], self.key)))
+        for p, _ in recent:
+            self.fs.delete_file(p)
 
     def close(self) -> None:
         """Flush what is left."""
@@ -96,36 +123,59 @@ class PartsTable:
         """Paths of the table's part files, oldest first (see the module doc for the order)."""
         return [p for p, _ in _list_parts(self.fs, self.dir)]
 
-    def compact(self) -> str | None:
-        """Flush, then replace every readable part by one holding the last row of each key. Returns the
-        new part's path (None if there were fewer than two parts). Unreadable parts are left in place.
-        Cost O(table): call it now and then (e.g. at the end of a sweep), not after every flush."""
-        self.flush()
-        parts = _list_parts(self.fs, self.dir)
-        if len(parts) < 2:
-            return None
-        read = [(p, t) for p, _ in parts if (t := _read_part(self.fs, p, self.key)) is not None]
-        if not read:
-            return None
-        self.seq += 1  # this writer's next slot: its later parts sort after the compacted one
-        path = f"{self.dir}/part-{self.writer}-{self.seq:06d}-compact.parquet"
-        _write_atomic(self.fs, path, _as_arrow(_combine([t for _, t in read], self.key)))
-        for p, _ in read:  # a crash from here on leaves older parts the new one already covers
+    def compact(self) -> int:
+        """Flush, then replace every readable part by one holding the last row of each key (by the snapshot file
+        for a snapshot table). Unreadable parts are left in place. Returns the rows kept. Cost O(table): call
+        it once, at the end of a sweep."""
+        self.flush() if self._buffer else None
+        self._recent = []
+        snap = f"{self.root}/{self.name}.parquet"
+        base = _read_part(self.fs, snap, self.key) if self.snapshot and _is_file(self.fs, snap) else None
+        covered = _covers(base)
+        parts = [p for p, _ in _list_parts(self.fs, self.dir)]
+        for p in (p for p in parts if p.rpartition("/")[2] in covered):  # left by a compaction killed mid-way
             self.fs.delete_file(p)
-        return path
+        read = [(p, t) for p in parts if p.rpartition("/")[2] not in covered
+                and (t := _read_part(self.fs, p, self.key)) is not None]
+        if len(read) < (1 if self.snapshot else 2):
+            return sum(t.num_rows for _, t in read) + (base.num_rows if base is not None else 0)
+        merged = _as_arrow(_combine(([base] if base is not None else []) + [t for _, t in read], self.key))
+        if self.snapshot:
+            names = ",".join(p.rpartition("/")[2] for p, _ in read).encode()
+            _write_atomic(self.fs, snap, merged.replace_schema_metadata({**(merged.schema.metadata or {}),
+                                                                          COVERS: names}))
+        else:
+            self.seq += 1  # this writer's next slot: its later parts sort after the compacted one
+            _write_atomic(self.fs, f"{self.dir}/part-{self.writer}-{self.seq:06d}-compact.parquet", merged)
+        for p, _ in read:  # a crash from here on leaves parts the compacted one already covers
+            self.fs.delete_file(p)
+        return merged.num_rows
 
 
-def read_table(fs: pafs.FileSystem, root: str, name: str, key: tuple[str, ...]) -> pd.DataFrame:
+def _is_file(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def _covers(snapshot: pa.Table | None) -> set[str]:
+    """The part files a snapshot already holds (read from its metadata)."""
+    meta = (snapshot.schema.metadata or {}) if snapshot is not None else {}
+    return set(filter(None, meta.get(COVERS, b"").decode().split(",")))
+
+
+def read_table(fs: pafs.FileSystem, root: str, name: str, key: tuple[str, ...],
+               snapshot: pa.Table | None = None) -> pd.DataFrame:
     """The table `<root>/<name>/` as one DataFrame (last row of each key, in the order of the module doc).
-    A legacy single file `<root>/<name>.parquet` is read too, as older than any part. Temporary files are
-    ignored; parts that do not parse (damaged, truncated) or lack the key columns (another program's file)
-    are skipped with a one-line warning naming them. Empty if nothing."""
+    The file `<root>/<name>.parquet` (a snapshot, or a table written before parts) is read first, as older
+    than any part it does not cover (pass it as `snapshot` when the caller has read it already). Temporary
+    files are ignored; parts that do not parse (damaged, truncated) or lack the key columns (another
+    program's file) are skipped with a one-line warning naming them. Empty if nothing."""
     root = root.rstrip("/")
-    tables = []
     legacy = f"{root}/{name}.parquet"
-    if fs.get_file_info(legacy).type == pafs.FileType.File:
-        tables.append(_read_part(fs, legacy, key))
-    tables += [_read_part(fs, p, key) for p, _ in _list_parts(fs, f"{root}/{name}")]
+    if snapshot is None and _is_file(fs, legacy):
+        snapshot = _read_part(fs, legacy, key)
+    covered = _covers(snapshot)
+    tables = [snapshot] + [_read_part(fs, p, key) for p, _ in _list_parts(fs, f"{root}/{name}")
+                           if p.rpartition("/")[2] not in covered]
     tables = [t for t in tables if t is not None]
     if not tables:
         return pd.DataFrame()

@@ -1,8 +1,9 @@
 """A live Optuna view of a sweep: every trial mirrored into an Optuna journal file in the results folder, so
 `optuna-dashboard <sweep>/optuna.journal` shows the sweep while it runs and after.
 
-The recorder calls `sync` after each event of a trial (start, epoch report, retry, end, the sweep's end) with
-the trial's ledger row and per-epoch metric; `sync` brings the journal's copy to it after the state table of
+The recorder calls `sync` for each trial an event changed (start, epoch report, retry, end, the sweep's end)
+with its ledger row and per-epoch metric, then `flush` (what changed reaches the file in one append, every
+couple of seconds and at each trial's start and end); `sync` brings the journal's copy to it after the state table of
 `studies.py`: RUNNING from its start with one intermediate value per epoch, then COMPLETE, PRUNED (ASHA
 stopped it; its last value kept) or FAIL; WAITING while a retry or `--resume` is due. Start and completion
 times are those of the events (a trial the journal missed gets them from its epochs' wall clock).
@@ -33,6 +34,33 @@ from .sweep_config import SweepConfig
 FILE = "optuna.journal"
 
 
+class _Batched:
+    """An Optuna journal backend (optuna.storages.journal.BaseJournalBackend) that keeps this process's records
+    in memory until `flush()`, then appends them all in one write: the file backend syncs every record to disk
+    on its own (fsync), which costs milliseconds per epoch report. Reads see the written file then the
+    pending records, so the study in this process stays consistent; other readers (optuna-dashboard) see a
+    batch at each flush. Safe because the driver is the journal's only writer."""
+
+    def __init__(self, path: str):
+        from optuna.storages.journal import JournalFileBackend
+
+        self.file, self.pending = JournalFileBackend(path), []
+        self.written = sum(1 for _ in self.file.read_logs(0))  # records in the file already
+
+    def read_logs(self, log_number_from: int):
+        if log_number_from < self.written:
+            yield from self.file.read_logs(log_number_from)
+        yield from self.pending[max(0, log_number_from - self.written):]
+
+    def append_logs(self, logs: list) -> None:
+        self.pending.extend(logs)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.file.append_logs(self.pending)
+            self.written, self.pending = self.written + len(self.pending), []
+
+
 @dataclass
 class _Copy:
     """What the journal holds for one Tune trial (the driver is its only writer, so this stays true)."""
@@ -55,12 +83,14 @@ class Journal:
         try:
             import optuna
             from optuna.storages import JournalStorage
-            from optuna.storages.journal import JournalFileBackend
+            from optuna.storages.journal import BaseJournalBackend
 
             from .studies import quiet, space_distributions
 
+            BaseJournalBackend.register(_Batched)
             self.dists = space_distributions(sweep.space)
-            self.backend = JournalStorage(JournalFileBackend(str(Path(storage.exp) / FILE)))
+            self.log = _Batched(str(Path(storage.exp) / FILE))
+            self.backend = JournalStorage(self.log)
             with quiet():
                 self.study = optuna.create_study(study_name=sweep.name, storage=self.backend, load_if_exists=True,
                                                  direction="maximize" if sweep.scheduler.mode == "max" else "minimize")
@@ -72,7 +102,17 @@ class Journal:
                     self.copies[str(t.user_attrs["trial_id"])] = _Copy(
                         self.backend.get_trial_id_from_study_id_trial_number(self.study_id, t.number), t.state,
                         str(t.user_attrs.get("status", "")), dict(t.intermediate_values))
+            self.log.flush()
         except Exception as e:  # noqa: BLE001 - a dashboard nicety must never stop a sweep
+            self._off(e)
+
+    def flush(self) -> None:
+        """Write what the syncs since the last flush changed, in one append (optuna-dashboard then sees it)."""
+        if self.study is None:
+            return
+        try:
+            self.log.flush()
+        except Exception as e:  # noqa: BLE001
             self._off(e)
 
     def sync(self, row: dict, curve: dict[int, float], ended: float | None = None) -> None:

@@ -62,7 +62,8 @@ def progress_line(ledger: TrialLedger, planned: int, max_epochs: int, elapsed: f
 def _best(rows: pd.DataFrame, metric: str, mode: str, keys: tuple[str, ...], protocol: str | None) -> str:
     if rows.empty or "holdout_subclasses" not in rows:
         return ""
-    labels = [protocol_label(r) for r in rows.to_dict("records")]
+    labels = rows["protocol"] if "protocol" in rows and rows["protocol"].notna().all() else \
+        [protocol_label(r) for r in rows.to_dict("records")]
     rows = rows.assign(_protocol=labels)
     groups = [protocol] if protocol else list(dict.fromkeys(labels))
     out = []

@@ -61,11 +61,15 @@ class Recorder(Callback):
         self.ledger = TrialLedger(sweep.scheduler.metric, sweep.scheduler.mode)
         self._ctx: dict[str, dict] = {}
         self._curves: dict[str, dict[int, float]] = {}  # trial -> epoch -> sweep metric, for the journal
+        self._journal_due: dict[str, None] = {}  # trials the journal has yet to follow (an ordered set)
         self.t0 = self.last_print = self.last_trials = time.time()
         self.planned = expected_trials(sweep)
 
-    def __getstate__(self) -> dict:  # Tune pickles its callbacks into tuner.pkl: no actor handle in there
-        return {**self.__dict__, "board": None}
+    def __getstate__(self) -> dict:
+        """Tune pickles its callbacks into tuner.pkl; a resumed sweep gets a new recorder (raycompat.set_callbacks),
+        so only the settings go there: no actor handle, open journal or ledger (which grows with the sweep)."""
+        return {k: self.__dict__[k] for k in ("storage", "sweep", "flush_seconds", "progress_every", "heartbeat",
+                                              "log", "planned")}
 
     # -- Tune hooks --
     def setup(self, **info) -> None:
@@ -74,6 +78,7 @@ class Recorder(Callback):
         self.ledger = TrialLedger.from_rows(st.read("trials"), self.sweep.scheduler.metric, self.sweep.scheduler.mode)
         self.epochs = st.table("epochs", flush_seconds=self.flush_seconds)
         self.thresholds = st.table("thresholds", flush_seconds=self.flush_seconds)
+        self.trials = st.table("trials", flush_seconds=self.flush_seconds)
         self.journal = Journal(st, self.sweep)
         self._backfill()
         self.t0 = time.time()
@@ -81,21 +86,21 @@ class Recorder(Callback):
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         cols = {"trial_dir": Path(str(trial.path or "")).name, **self._context(trial)}
         self.ledger.start(trial.trial_id, cols)
-        self._flush(trials_now=True)
         self._mirror(trial.trial_id)
+        self._flush(trials_now=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._mirror(trial.trial_id)  # followed at the flush that _record may make
         self._record(trial.trial_id, result, self._context(trial))
-        self._mirror(trial.trial_id)
         self._progress()
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         self.ledger.recover(trial.trial_id, error_text(trial))
-        self._flush(trials_now=True)
         self._mirror(trial.trial_id)
+        self._flush(trials_now=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.ledger.complete(trial.trial_id, self.sweep.train_config(trial.config).epochs)
+        self.ledger.complete(trial.trial_id, int(self._context(trial)["epochs"]))
         self._closed(trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -116,7 +121,8 @@ class Recorder(Callback):
         self._flush(force=True)
         for row in self.ledger.rows():  # what was running now waits for --resume
             self._mirror(row["trial_id"])
-        for table in (self.epochs, self.thresholds):
+        self._sync_journal()
+        for table in (self.epochs, self.thresholds, self.trials):
             self._safely(table.compact, table.name)
 
     # -- helpers --
@@ -126,13 +132,21 @@ class Recorder(Callback):
         return self._ctx[trial.trial_id]
 
     def _closed(self, tid: str) -> None:
-        self._flush(force=True)
         self._mirror(tid)
-        self._progress(force=True)
+        self._flush(trials_now=True)  # its status is on disk now; its last epochs are in reported.json anyway
+        self._progress()
 
     def _mirror(self, tid: str) -> None:
-        """The live Optuna journal follows the trial's ledger row and per-epoch metric (after the ledger moved)."""
-        self.journal.sync(self.ledger.row(tid), self._curves.get(tid, {}))
+        """The live Optuna journal will follow the trial's ledger row and per-epoch metric: at the next flush of
+        the trials table (within `flush_seconds`; at once on a trial's start and end), each changed trial once,
+        so the journal's fsync per write is not paid per report."""
+        self._journal_due[tid] = None
+
+    def _sync_journal(self) -> None:
+        due, self._journal_due = self._journal_due, {}
+        for tid in due:
+            self.journal.sync(self.ledger.row(tid), self._curves.get(tid, {}))
+        self.journal.flush()
 
     def _record(self, tid: str, result: dict, ctx: dict, ledger: bool = True) -> None:
         """One report into the tables, and (unless `ledger` is False: a backfilled epoch the ledger already
@@ -153,12 +167,19 @@ class Recorder(Callback):
             raise
 
     def _flush(self, force: bool = False, trials_now: bool = False) -> None:
-        """Parts when due (or forced); the trials table when it changed and is due."""
+        """Parts of the epochs and thresholds tables when due (or forced); the trials whose row changed, when due
+        or at once (`trials_now`: a trial started or ended, so a killed driver never loses a status); the live
+        journal when due."""
         now = time.time()
         for table in (self.epochs, self.thresholds):
             self._safely(table.flush if force else table.maybe_flush, table.name)
-        if (force or trials_now or now - self.last_trials >= self.flush_seconds) and self.ledger.pop_dirty():
-            self._safely(lambda: self.storage.write_trials(self.ledger.rows()), "trials.parquet")
+        due = force or now - self.last_trials >= self.flush_seconds
+        if due or trials_now:
+            changed = self.ledger.pop_changed()  # only the trials whose row changed: O(changes), not O(trials)
+            if changed:
+                self._safely(lambda: (self.trials.append(changed), self.trials.flush()), "trials")
+        if due:
+            self._sync_journal()
             self.last_trials = now
 
     def _progress(self, force: bool = False) -> None:
@@ -184,6 +205,7 @@ class Recorder(Callback):
         self.ledger.end()  # what was running is interrupted until Tune starts it again
         self._flush(force=True)
         self.journal.catch_up(self.ledger.rows(), epochs, self._curves)
+        self.journal.flush()
 
 
 def _reported(st: Storage, row: dict) -> list[dict]:

@@ -105,7 +105,7 @@ def check_folder(sweep: SweepConfig, storage: Storage, resume: bool) -> None:
     both a usable signing key (checked before Ray starts, not when Ray first writes its state)."""
     integrity.load_key()
     if not resume:
-        if storage.exists("sweep.yaml") or storage.exists("trials.parquet"):
+        if storage.exists("sweep.yaml") or storage.has_trials():
             raise SweepError(f"{storage.uri} already holds a sweep named {sweep.name!r}: pass --resume to continue "
                              "it, or --name NEW to start another")
         return

@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from .metrics import GROUPS, LEVELS, NEW_SUB, acc_key
+from .metrics import GROUPS, LEVELS, NEW_BREED_SUPER, NEW_SUB, acc_key
 
-FOLD_SPREAD = ("objective", *(acc_key(lvl, g) for lvl in LEVELS for g in GROUPS), NEW_SUB)
+FOLD_SPREAD = ("objective", *(acc_key(lvl, g) for lvl in LEVELS for g in GROUPS), NEW_SUB, NEW_BREED_SUPER)
 FOLD_SUM = ("train_time", "epoch_time")  # what the epoch cost in all
 FOLD_FIRST = ("epoch", "threshold_super", "threshold_sub")  # fold 0's: its model is the one checkpointed
 

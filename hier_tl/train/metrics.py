@@ -38,7 +38,7 @@ def metric_mode(name: str) -> str:
     base = name.removeprefix("final_").removeprefix("best_")
     if base in EPOCH_METRICS:
         return EPOCH_METRICS.meta(base).get("mode", "max")
-    return "min" if base.startswith("fpr95_") else "max"
+    return "min" if base.startswith("fpr95_") or base in LOWER_IS_BETTER else "max"
 
 
 def accuracy(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -52,14 +52,63 @@ def accuracy(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
 
 
 NEW_SUB = "novel_sub_seen_super_acc"  # novel subclasses of a seen superclass (a new breed of a known animal)
+NEW_BREED_SUPER = "new_breed_as_novel_super"  # new breeds wrongly called a novel superclass
+LOWER_IS_BETTER = (NEW_BREED_SUPER,)
+
+
+def new_breeds(out: Outputs) -> torch.Tensor:
+    """Which images are of a novel subclass of a seen superclass (a new breed of a known animal)."""
+    return (out.super_target != NOVEL) & (out.sub_target == NOVEL)
 
 
 def new_subclass_acc(out: Outputs, sub_pred: torch.Tensor) -> float:
     """Fraction of the images of a novel subclass whose superclass is seen that are called novel at the
     subclass level (NaN when validation holds none). `novel_sub_acc` mixes them with the images of novel
     superclasses, so it depends on how many of each a validation set holds; this does not."""
-    keep = (out.super_target != NOVEL) & (out.sub_target == NOVEL)
-    return float((sub_pred[keep] == NOVEL).float().mean()) if keep.any() else math.nan
+    return _novel_fraction(sub_pred, new_breeds(out))
+
+
+def new_breed_as_novel_super(out: Outputs, sup_pred: torch.Tensor) -> float:
+    """Fraction of the images of a novel subclass whose superclass is seen that are called a novel
+    *superclass* (NaN when validation holds none): a wrong superclass for a known kind of animal, which
+    `seen_super_acc` dilutes among the images of trained subclasses. Lower is better."""
+    return _novel_fraction(sup_pred, new_breeds(out))
+
+
+def _novel_fraction(pred: torch.Tensor, keep: torch.Tensor) -> float:
+    return float((pred[keep] == NOVEL).float().mean()) if keep.any() else math.nan
+
+
+SUPER_MARGIN = "super_margin"  # where the superclass threshold sits among the known breeds (refit transfers it)
+
+
+def super_margin(out: Outputs, score: str, threshold: float) -> float:
+    """(median - threshold) / (median - 5th percentile) of the superclass `score` over the validation images of
+    trained subclasses: how far below the known breeds the superclass threshold sits, in units of their spread.
+    A rule calibrated on validation that holds out new breeds sits lower than one calibrated on known breeds
+    alone; a refit, whose calibration images are all known breeds, keeps the trial's margin (`predict.refit`).
+    NaN where validation holds no new breed (nothing shaped the margin) or fewer than two known-breed images."""
+    known = (out.super_target != NOVEL) & (out.sub_target != NOVEL)
+    if int(known.sum()) < 2 or not new_breeds(out).any():
+        return math.nan
+    return margin_of(out.score(score, "super")[known], threshold)
+
+
+def margin_of(known: torch.Tensor, threshold: float) -> float:
+    """`super_margin` of `threshold` against the known breeds' scores `known`."""
+    med, spread = _median_spread(known)
+    return float((med - threshold) / spread)
+
+
+def threshold_at_margin(known: torch.Tensor, margin: float) -> float:
+    """The threshold `margin` spreads below the known breeds' median (the inverse of `margin_of`)."""
+    med, spread = _median_spread(known)
+    return float(med - margin * spread)
+
+
+def _median_spread(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    med, low = torch.quantile(x.double(), torch.tensor([0.5, 0.05], dtype=torch.float64))
+    return med, (med - low).clamp(min=1e-12)
 
 
 def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
@@ -131,7 +180,8 @@ def evaluate(out: Outputs, space: LabelSpace, score: str = "msp", threshold: flo
         acc = accuracy(pred, out.target(lvl))
         m.update({acc_key(lvl, g): acc[f"{g}acc"] for g in GROUPS})
         m[f"threshold_{lvl}"] = thr[lvl]
-    m[NEW_SUB] = new_subclass_acc(out, sub)
+    m[NEW_SUB], m[NEW_BREED_SUPER] = new_subclass_acc(out, sub), new_breed_as_novel_super(out, sup)
+    m[SUPER_MARGIN] = super_margin(out, score, thr["super"])
     for name in dict.fromkeys((score, *scores)):
         if novelty.needs_features(name) and out.bank is None:
             continue
@@ -201,7 +251,8 @@ def current_lr(s: EpochState) -> float:
 def reported_metrics(scores: tuple[str, ...] = ()) -> set[str]:
     """Every metric name an epoch report carries when AUROC / FPR@95 are computed for `scores`."""
     names = {"epoch", "objective", *EPOCH_METRICS.names()}
-    names |= {acc_key(lvl, g) for lvl in LEVELS for g in GROUPS} | {f"threshold_{lvl}" for lvl in LEVELS} | {NEW_SUB}
+    names |= {acc_key(lvl, g) for lvl in LEVELS for g in GROUPS} | {f"threshold_{lvl}" for lvl in LEVELS}
+    names |= {NEW_SUB, NEW_BREED_SUPER, SUPER_MARGIN}
     for score in dict.fromkeys((*novelty.logit_scores(), *scores)):
         names |= {score_key(k, lvl, score) for k in ("auroc", "fpr95") for lvl in LEVELS}
     return names
@@ -213,14 +264,15 @@ def epoch_metrics(state: EpochState) -> dict[str, float]:
 
 
 def threshold_rows(out: Outputs, scores, thresholds) -> list[dict]:
-    """One row per (score, threshold): the four seen/novel accuracies, the objective and the AUROC."""
+    """One row per (score, threshold): the four seen/novel accuracies, the two new-breed rates, the objective
+    and the AUROC."""
     rows = []
     for score in scores:
         for thr in thresholds:
             m = evaluate(out, out.space, score, thr)
             row = {"score": score, "threshold": str(thr), **{f"threshold_{lvl}": m[f"threshold_{lvl}"] for lvl in LEVELS}}
             row.update({acc_key(lvl, g): m[acc_key(lvl, g)] for lvl in LEVELS for g in ("seen_", "novel_")})
-            row[NEW_SUB], row["objective"] = m[NEW_SUB], m["objective"]
+            row.update({k: m[k] for k in (NEW_SUB, NEW_BREED_SUPER, "objective")})
             row.update({score_key("auroc", lvl): m[score_key("auroc", lvl, score)] for lvl in LEVELS})
             rows.append(row)
     return rows

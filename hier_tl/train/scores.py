@@ -15,6 +15,11 @@ retrains. Higher = more familiar, as for every score. Costs (bank of N images, d
 - `pretrained_mahalanobis`, `pretrained_knn`: the same measures on the features of a frozen ImageNet
   backbone that never saw the fine-tuning (`reference.py`; `reference_backbone` at `reference_size` px).
 - `pretrained_hier`: superclass level `pretrained_mahalanobis`, subclass level `fusion`.
+- `pretrained_hgauss`: the hierarchy as Gaussians on the reference features: the best of each seen subclass
+  N(mean, W) (W the tied within-subclass covariance) and, per seen superclass, a new member N(m_s, W + B_s)
+  (B_s the spread of its subclasses' means): an image is unfamiliar only when it is far from every seen
+  subclass and no plausible new subclass of any seen superclass. O(S C^2 d) more than `mahalanobis`.
+- `pretrained_hier_hgauss`: superclass level `pretrained_hgauss`, subclass level `fusion`.
 - `hier`: the hierarchy-aware rule. Subclass level = `fusion`; superclass level = the lower of the
   z-scored superclass energy and the subclass-level `fusion`: an image far from every seen subclass is
   unfamiliar at the superclass level too, whatever the superclass head says.
@@ -58,13 +63,40 @@ def _class_stats(bank: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     return means, torch.linalg.inv(cov)
 
 
+def _distances(q: torch.Tensor, means: torch.Tensor, prec: torch.Tensor) -> torch.Tensor:
+    """Squared Mahalanobis distances (Q x C) of the rows of `q` to each class mean under precision `prec`."""
+    qp = q @ prec
+    return (qp * q).sum(1, keepdim=True) - 2 * qp @ means.T + ((means @ prec) * means).sum(1)[None, :]
+
+
 def _mahalanobis(feats: torch.Tensor, bank: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Minus the squared Mahalanobis distance of each (normalised) row of `feats` to the nearest class mean."""
     means, prec = _class_stats(bank, labels)
+    return (-_distances(F.normalize(feats.double(), dim=1), means, prec).min(1).values).float()
+
+
+def _hierarchical_gaussian(feats: torch.Tensor, bank: torch.Tensor, labels: torch.Tensor,
+                           parent: torch.Tensor) -> torch.Tensor:
+    """Log-density (up to one constant) of each normalised row of `feats` under the best of: each seen
+    subclass, N(mean_c, W); and a new member of each seen superclass s, N(m_s, W + B_s), where m_s and B_s are
+    the mean and covariance of s's subclass means (a new breed's mean is drawn like its siblings'). B_s has
+    rank below the number of siblings, so Woodbury keeps it at one inverse of W."""
+    means, prec = _class_stats(bank, labels)
     q = F.normalize(feats.double(), dim=1)
-    qp = q @ prec
-    d = (qp * q).sum(1, keepdim=True) - 2 * qp @ means.T + ((means @ prec) * means).sum(1)[None, :]
-    return (-d.min(1).values).float()
+    best = -0.5 * _distances(q, means, prec).min(1).values
+    sup = parent[labels.unique()]
+    for s in sup.unique():
+        m = means[sup == s]
+        if len(m) < 2:
+            continue
+        u = (m - m.mean(0)).T / (len(m) - 1) ** 0.5  # B_s = u u^T
+        a = torch.eye(len(m), dtype=u.dtype) + u.T @ prec @ u
+        r = q - m.mean(0)
+        rp = r @ prec
+        v = rp @ u
+        d = (rp * r).sum(1) - (v @ torch.linalg.inv(a) * v).sum(1)
+        best = torch.maximum(best, -0.5 * (d + torch.logdet(a)))
+    return best.float()
 
 
 @register_score("mahalanobis", features=True, same_levels=True)
@@ -79,6 +111,15 @@ def pretrained_mahalanobis(out, level: str) -> torch.Tensor:
     """`mahalanobis` on the frozen ImageNet reference features (`reference.py`), seen-subclass means."""
     _need(out, "ref_feats", "bank_ref", "bank_sub_target")
     return _mahalanobis(out.ref_feats, out.bank_ref, out.bank_sub_target)
+
+
+@register_score("pretrained_hgauss", features=True, reference=True, same_levels=True)
+def pretrained_hgauss(out, level: str) -> torch.Tensor:
+    """Hierarchical Gaussian on the reference features: familiar when close to a seen subclass *or* a plausible
+    new member of a seen superclass (`_hierarchical_gaussian`), so a new breed is judged against its siblings."""
+    _need(out, "ref_feats", "bank_ref", "bank_sub_target", "space")
+    parent = torch.tensor(out.space.sub_parent)
+    return _hierarchical_gaussian(out.ref_feats, out.bank_ref, out.bank_sub_target, parent)
 
 
 @register_score("pretrained_knn", features=True, reference=True, same_levels=True)
@@ -134,3 +175,10 @@ def pretrained_hier(out, level: str) -> torch.Tensor:
     """Superclass level: `pretrained_mahalanobis` (what a new kind of animal looks like to ImageNet
     features); subclass level: `fusion` of the fine-tuned features (what tells breeds apart)."""
     return out.score("pretrained_mahalanobis" if level == "super" else "fusion", level)
+
+
+@register_score("pretrained_hier_hgauss", features=True, reference=True)
+def pretrained_hier_hgauss(out, level: str) -> torch.Tensor:
+    """Superclass level: `pretrained_hgauss` (a new breed of a known animal is not a new animal); subclass
+    level: `fusion`."""
+    return out.score("pretrained_hgauss" if level == "super" else "fusion", level)

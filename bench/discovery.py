@@ -1,0 +1,74 @@
+"""Category discovery (`predict --discover`) validated: each validation split is the unlabelled set.
+
+    python bench/discovery.py --outputs .cache/s0.pt             # saved fold outputs (bench/quality.py --save-outputs)
+    python bench/discovery.py --outputs s0.pt --score pretrained_hier --threshold tpr:0.99/tpr:0.965
+
+Per fold: the per-image rule (score at threshold), then discovery on top of it (`hier_tl.train.clusters`),
+with the new breeds caught as novel subclasses, seen-subclass accuracy, novel superclass caught and the new
+breeds called a novel superclass; the novel-subclass clusters found per superclass (the protocol holds out
+3 subclasses of each seen superclass); mean +- spread over folds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from hier_tl.train.clusters import discover
+from hier_tl.train.metrics import (
+    NEW_BREED_SUPER,
+    NEW_SUB,
+    accuracy,
+    evaluate,
+    new_breed_as_novel_super,
+    new_subclass_acc,
+)
+from hier_tl.train.novelty import predict
+from hier_tl.train.outputs import Outputs
+
+KEYS = ("seen_super_acc", "novel_super_acc", "seen_sub_acc", NEW_SUB, NEW_BREED_SUPER)
+
+
+def rows_for(out: Outputs, score: str, threshold: str, max_new: int, fold: int) -> list[dict]:
+    m = evaluate(out, out.space, score, threshold)
+    sup, sub = predict(out, out.space, score, m["threshold_super"], m["threshold_sub"])
+    rows = [{"fold": fold, "method": "per-image rule", **{k: m[k] for k in KEYS}}]
+    for union in (True, False):
+        t0 = time.perf_counter()
+        d = discover(out, sup, sub, max_new, union)
+        rows.append({"fold": fold, "method": f"discover ({'union' if union else 'clusters decide'})",
+                     **_metrics(out, d.sup, d.sub), "clusters": str(d.new_clusters),
+                     "novel super groups": d.novel_super_clusters, "s": time.perf_counter() - t0})
+    return rows
+
+
+def _metrics(out: Outputs, sup, sub) -> dict:
+    res = {}
+    for lvl, pred in (("super", sup), ("sub", sub)):
+        acc = accuracy(pred, out.target(lvl))
+        res[f"seen_{lvl}_acc"], res[f"novel_{lvl}_acc"] = acc["seen_acc"], acc["novel_acc"]
+    res[NEW_SUB], res[NEW_BREED_SUPER] = new_subclass_acc(out, sub), new_breed_as_novel_super(out, sup)
+    return {k: res[k] for k in KEYS}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--outputs", required=True, help="saved fold outputs (bench/quality.py --save-outputs)")
+    ap.add_argument("--score", default="pretrained_hier")
+    ap.add_argument("--threshold", default="tpr:0.985/tpr:0.965")
+    ap.add_argument("--max-new", type=int, default=8)
+    args = ap.parse_args()
+    import pandas as pd
+
+    outs = [Outputs.from_dict(d) for d in torch.load(args.outputs, weights_only=True)]
+    df = pd.DataFrame([r for f, o in enumerate(outs) for r in rows_for(o, args.score, args.threshold, args.max_new, f)])
+    pd.set_option("display.width", 250)
+    print(df.round(4).to_string(index=False))
+    g = df.groupby("method", sort=False)[list(KEYS)]
+    print((g.mean().round(3).astype(str) + " +- " + g.std(ddof=0).round(3).astype(str)).to_string())
+
+
+if __name__ == "__main__":
+    main()

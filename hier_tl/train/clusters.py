@@ -1,0 +1,153 @@
+"""Category discovery on the images being labelled (transductive: it looks at the whole unlabelled set at once).
+
+Per seen superclass, semi-supervised k-means (in the spirit of Generalized Category Discovery, Vaze et al.
+2022) clusters the images predicted in that superclass together with the training bank's images of its
+subclasses, on L2-normalised backbone features (cosine k-means). The bank's images stay in their own
+subclass's cluster; extra clusters seeded on the unlabelled images that are farthest from every known
+subclass are free to form. A cluster that ends with no training image is a novel subclass: its images are
+called novel at the subclass level. How many extra clusters a superclass gets is chosen per superclass as
+the count (0..`max_new`) with the best silhouette over the unlabelled images and a sample of the labelled
+ones; 0 means none is found. The images already called a novel superclass are clustered among themselves
+(count by silhouette too), so the number of novel-superclass groups is reported; their labels do not change.
+
+This changes nothing unless asked (`predict --discover`): a prediction then depends on the other images of
+the folder. Validation treats each validation split as the unlabelled set (`bench/discovery.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..data.taxonomy import NOVEL
+
+ITERATIONS = 30
+MAX_NEW = 8  # extra clusters tried per superclass
+SILHOUETTE_PER_CLASS = 20  # labelled images per known subclass in the silhouette that picks the count
+
+
+@dataclass
+class Discovery:
+    """What discovery found: predictions (head positions, NOVEL where novel) and the clusters behind them."""
+
+    sup: torch.Tensor
+    sub: torch.Tensor
+    new_clusters: dict[int, int]  # superclass head position -> novel-subclass clusters found
+    novel_super_clusters: int  # groups among the images called a novel superclass
+
+    def summary(self) -> str:
+        n_sub = int(((self.sub == NOVEL) & (self.sup != NOVEL)).sum())
+        return (f"discovery: {sum(self.new_clusters.values())} novel-subclass cluster(s) in "
+                f"{sum(1 for v in self.new_clusters.values() if v)} superclass(es), {n_sub} image(s) called a novel "
+                f"subclass of a known superclass; {self.novel_super_clusters} novel-superclass cluster(s) holding "
+                f"{int((self.sup == NOVEL).sum())} image(s)")
+
+
+def discover(out, sup: torch.Tensor, sub: torch.Tensor, max_new: int = MAX_NEW, union: bool = True,
+             seed: int = 0) -> Discovery:
+    """Cluster `out`'s images (an `Outputs` with backbone features and a training bank) given the per-image
+    predictions `sup`, `sub` (head positions, NOVEL where novel). With `union`, an image stays novel at the
+    subclass level when the per-image rule said so; otherwise the clusters alone decide (images in a known
+    subclass's cluster get that subclass)."""
+    x = F.normalize(out.backbone_feats.double(), dim=1)
+    bank = F.normalize(out.bank_backbone.double(), dim=1)
+    parent = torch.tensor(out.space.sub_parent)
+    bank_sup = parent[out.bank_sub_target]
+    sub, found = sub.clone(), {}
+    g = torch.Generator().manual_seed(seed)
+    for s in range(len(out.space.supers)):
+        rows = torch.nonzero(sup == s).flatten()
+        kids = torch.nonzero(parent == s).flatten()
+        labelled = bank_sup == s
+        if len(rows) < 2 or not labelled.any():
+            found[s] = 0
+            continue
+        assign, k_new = _best_clustering(x[rows], bank[labelled], out.bank_sub_target[labelled], kids, max_new, g)
+        found[s] = k_new
+        in_new = assign >= len(kids)
+        known = kids[assign.clamp(max=len(kids) - 1)]
+        cluster_sub = torch.where(in_new, torch.full_like(known, NOVEL), known)
+        sub[rows] = torch.where(in_new | (sub[rows] == NOVEL), NOVEL, sub[rows]) if union else cluster_sub
+    pool = torch.nonzero(sup == NOVEL).flatten()
+    n_super = _count_clusters(x[pool], max_new, g) if len(pool) > 2 else int(len(pool) > 0)
+    return Discovery(sup, sub, found, n_super)
+
+
+def _best_clustering(u, lab_x, lab_y, kids, max_new: int, g) -> tuple[torch.Tensor, int]:
+    """Semi-supervised k-means of unlabelled rows `u` with labelled rows (subclass `lab_y` among `kids`) for
+    0..max_new extra clusters; the assignment of `u` (cluster index, the known subclasses first) whose
+    silhouette over the unlabelled rows and a sample of the labelled ones (`SILHOUETTE_PER_CLASS` each, in
+    their subclass's cluster) is best, and its number of extra clusters that kept at least one image. The
+    labelled rows are what make "a new cluster" differ from "joined a known subclass far from its images"."""
+    pos = _position(lab_y, kids)
+    known = torch.stack([F.normalize(lab_x[pos == k].mean(0), dim=0) for k in range(len(kids))])
+    sample = torch.cat([torch.nonzero(pos == k).flatten()[:SILHOUETTE_PER_CLASS] for k in range(len(kids))])
+    rows = torch.cat([u, lab_x[sample]])
+    dist = (1 - rows @ rows.T).clamp(min=0)
+    best, best_sil = None, -2.0
+    for k_new in range(min(max_new, len(u) - 1) + 1):
+        centres = torch.cat([known, _seed_new(u, known, k_new, g)])
+        assign = _ss_kmeans(u, lab_x, pos, centres)
+        sil = _silhouette(dist, torch.cat([assign, pos[sample]]))
+        if best is None or sil > best_sil + 1e-9:
+            best, best_sil = (assign, int((assign.unique() >= len(kids)).sum())), sil
+    return best
+
+
+def _position(lab_y: torch.Tensor, kids: torch.Tensor) -> torch.Tensor:
+    return (lab_y[:, None] == kids[None, :]).float().argmax(1)
+
+
+def _seed_new(u, known, k: int, g) -> torch.Tensor:
+    """k-means++ seeds among the unlabelled rows, away from the known centres and from each other."""
+    centres = known
+    for _ in range(k):
+        d = (1 - u @ centres.T).clamp(min=0).min(1).values
+        pick = torch.multinomial(d.float() ** 2 + 1e-12, 1, generator=g)
+        centres = torch.cat([centres, u[pick]])
+    return centres[len(known):]
+
+
+def _ss_kmeans(u, lab_x, lab_pos, centres) -> torch.Tensor:
+    """Cosine k-means where labelled rows stay in their cluster (`lab_pos`); returns the unlabelled assignment."""
+    k = len(centres)
+    lab_sum = torch.zeros(k, u.shape[1], dtype=u.dtype).index_add_(0, lab_pos, lab_x)
+    assign = None
+    for _ in range(ITERATIONS):
+        new = (u @ centres.T).argmax(1)
+        if assign is not None and torch.equal(new, assign):
+            break
+        assign = new
+        sums = lab_sum.clone().index_add_(0, assign, u)
+        empty = sums.norm(dim=1) == 0
+        centres = torch.where(empty[:, None], centres, F.normalize(sums, dim=1))
+    return assign
+
+
+def _silhouette(dist, assign) -> float:
+    """Mean silhouette of rows with pairwise distances `dist` under cluster labels `assign` (0 for a lone member)."""
+    labels, idx = assign.unique(return_inverse=True)
+    if len(labels) < 2:
+        return -1.0
+    onehot = F.one_hot(idx, len(labels)).double()
+    sizes = onehot.sum(0)
+    sums = dist @ onehot  # each row's summed distance to each cluster
+    own = sizes[idx]
+    a = sums.gather(1, idx[:, None]).squeeze(1) / (own - 1).clamp(min=1)
+    b = (sums / sizes).scatter(1, idx[:, None], float("inf")).min(1).values
+    s = (b - a) / torch.maximum(a, b).clamp(min=1e-12)
+    return float(s.masked_fill(own <= 1, 0).mean())
+
+
+def _count_clusters(x, max_new: int, g) -> int:
+    """How many groups the rows `x` form: plain cosine k-means, k (1..max_new) by silhouette (1 when no split
+    scores above 0)."""
+    best_k, best_sil, dist = 1, 0.0, (1 - x @ x.T).clamp(min=0)
+    for k in range(2, min(max_new, len(x) - 1) + 1):
+        centres = _seed_new(x, F.normalize(x.mean(0, keepdim=True), dim=1), k, g)
+        assign = _ss_kmeans(x, x[:0], torch.zeros(0, dtype=torch.long), centres)
+        if assign.unique().numel() > 1 and (sil := _silhouette(dist, assign)) > best_sil:
+            best_k, best_sil = int(assign.unique().numel()), sil
+    return best_k

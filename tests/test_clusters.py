@@ -1,0 +1,46 @@
+"""train.clusters: category discovery finds a new breed as a cluster of its own, leaves known subclasses in
+theirs, and counts the groups among the images called a novel superclass."""
+
+import torch
+
+from hier_tl.data.taxonomy import NOVEL, LabelSpace
+from hier_tl.train.clusters import discover
+from hier_tl.train.outputs import Outputs
+
+SPACE = LabelSpace((0, 1), (10, 11, 12, 13), (0, 0, 1, 1), 2, 14)  # superclass 0: subclasses 0, 1; 1: 2, 3
+
+
+def _near(axis: int, n: int, g) -> torch.Tensor:
+    return torch.eye(16)[axis] * 4 + 0.3 * torch.randn(n, 16, generator=g)
+
+
+def _pool(g):
+    """Bank: 20 images per subclass around axes 0-3. Pool: 10 of subclass 0, 10 of a new breed of superclass 0
+    (axis 4), 10 of subclass 2, and 2 x 10 of two new animals (axes 8, 12) already called a novel superclass."""
+    bank = torch.cat([_near(k, 20, g) for k in range(4)])
+    pool = torch.cat([_near(0, 10, g), _near(4, 10, g), _near(2, 10, g), _near(8, 10, g), _near(12, 10, g)])
+    sup = torch.tensor([0] * 20 + [1] * 10 + [NOVEL] * 20)
+    sub = torch.tensor([0] * 10 + [1] * 10 + [2] * 10 + [NOVEL] * 20)  # the new breed taken for subclass 1
+    out = Outputs(torch.zeros(50, 2), torch.zeros(50, 4), space=SPACE, backbone_feats=pool, bank_backbone=bank,
+                  bank_sub_target=torch.arange(4).repeat_interleave(20))
+    return out, sup, sub
+
+
+def test_a_new_breed_forms_its_own_cluster_and_known_subclasses_stay():
+    out, sup, sub = _pool(torch.Generator().manual_seed(0))
+    found = discover(out, sup, sub)
+    assert found.new_clusters == {0: 1, 1: 0}
+    assert (found.sub[10:20] == NOVEL).all()  # the new breed, caught
+    assert torch.equal(found.sub[:10], sub[:10]) and torch.equal(found.sub[20:30], sub[20:30])
+    assert torch.equal(found.sup, sup) and (found.sub[30:] == NOVEL).all()  # superclass decisions unchanged
+    assert found.novel_super_clusters == 2
+    assert "1 novel-subclass cluster(s) in 1 superclass(es), 10 image(s)" in found.summary()
+
+
+def test_clusters_decide_gives_a_known_cluster_its_subclass_back():
+    """With union=False the clusters alone decide: a seen image the per-image rule called novel, sitting in its
+    subclass's cluster, gets that subclass; with union=True it stays novel."""
+    out, sup, sub = _pool(torch.Generator().manual_seed(1))
+    sub[0] = NOVEL
+    assert discover(out, sup, sub, union=False).sub[0] == 0
+    assert discover(out, sup, sub, union=True).sub[0] == NOVEL

@@ -1,0 +1,44 @@
+"""predict.ensemble: the K best trials of one protocol, and `predict --ensemble K` (with --refit)."""
+
+import pandas as pd
+import pytest
+
+from hier_tl.core.errors import SelectionError
+from hier_tl.predict.ensemble import top_trials
+
+
+def _trials():
+    rows = [("a", 0.70, 3, 1), ("b", 0.90, 3, 0), ("c", 0.80, 3, 0), ("d", float("nan"), 3, 0), ("e", 0.85, 0, 1),
+            ("f", 0.60, 3, 0)]
+    return pd.DataFrame([{"trial_id": t, "final_objective": v, "holdout_subclasses": s, "holdout_superclasses": h,
+                          "folds": 3, "val_fraction": 0.1, "split_seed": 0} for t, v, s, h in rows])
+
+
+@pytest.mark.parametrize("k, mode, protocol, want", [
+    (2, "max", "3 sub held out, 3 folds", ["b", "c"]),  # best first, never a trial of another protocol (e)
+    (5, "max", "3 sub held out, 3 folds", ["b", "c", "f"]),  # fewer than asked: all, without the one lacking a value
+    (2, "min", "3 sub held out, 3 folds", ["f", "c"]),
+    (3, "max", "1 super held out, 3 folds", ["e"]),
+    (1, "max", "3 sub + 1 super held out, 3 folds", ["a"]),
+])
+def test_top_trials_of_one_protocol(k, mode, protocol, want):
+    assert [t["trial_id"] for t in top_trials(_trials(), "objective", mode, protocol, k)] == want
+
+
+def test_no_trial_of_the_protocol_says_so():
+    with pytest.raises(SelectionError, match="no trial of protocol 'closed set'"):
+        top_trials(_trials(), "objective", "max", "closed set")
+
+
+@pytest.mark.slow
+def test_predict_with_an_ensemble_of_refits(sweep, tmp_path, capsys):
+    from hier_tl.cli import main
+
+    results, data = sweep
+    out = tmp_path / "e.csv"
+    assert main(["predict", str(results), "--images", str(data / "test_images"), "--out", str(out),
+                 "--ensemble", "2", "--refit"]) == 0
+    printed = capsys.readouterr().out
+    assert "ensemble of 2 trial(s) of protocol '1 sub held out, val 0.25'" in printed
+    assert printed.count("refit: saved") == 2 and "at the trial's margin" in printed
+    assert len(pd.read_csv(out)) == len(pd.read_csv(data / "test_labels.csv"))
