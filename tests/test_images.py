@@ -1,9 +1,11 @@
 """data.images: decode once into a uint8 tensor, cached on disk under the image names, sizes and times; the
 memory it needs is checked before decoding, and decoding holds one copy of the dataset, not three."""
 
+import errno
 import json
 import os
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,13 +74,27 @@ def test_memory_is_checked_from_the_count_and_side_alone(n, side, available, ref
     assert "\n" not in msg and f"{n:,} images decoded at {side}x{side}" in msg and "available" in msg
 
 
-def test_a_dataset_too_large_is_refused_before_decoding_anything(synth_copy, monkeypatch, capsys):
+def test_a_dataset_too_large_for_memory_and_cache_is_refused_before_decoding_anything(synth_copy, monkeypatch,
+                                                                                      capsys):
     monkeypatch.setattr(I, "available_memory", lambda: 10 * 2**20)  # 10 MiB left; 144 images at 512 px need 108
     monkeypatch.setattr(I, "_decode_one", lambda *a: (_ for _ in ()).throw(AssertionError("decoded")))
+    monkeypatch.setattr(os, "posix_fallocate", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
     assert main(["data", "check", str(synth_copy), "--image-size", "512"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [("error: 144 images decoded at 512x512 need 108.0 MiB of memory and 10.0 MiB is available: use a "
-                    "smaller image side (or fewer images), or free memory")]
+    assert len(err) == 1 and err[0].startswith(
+        "error: 144 images decoded at 512x512 need 108.0 MiB of memory and 10.0 MiB is available (the image cache at ")
+    assert err[0].endswith("no space left on the device): use a smaller image side (or fewer images), or free "
+                           "memory or disk space for the cache (HIER_TL_CACHE)")
+
+
+def test_a_dataset_larger_than_memory_is_decoded_into_the_cache_and_mapped(synth_copy, monkeypatch):
+    monkeypatch.setattr(I, "available_memory", lambda: 10 * 2**20)  # the 108 MiB never sit in memory
+    ds = D.load_dataset(synth_copy, 512)
+    assert ds.images.shape == (144, 3, 512, 512) and ds.store.shape == (144, 3, 512, 512)
+    mapped = [line for line in Path("/proc/self/maps").read_text().splitlines()
+              if line.endswith(str(ds.store.folder / "images.npy"))]
+    assert mapped and all(line.split()[1].startswith("r-") for line in mapped)  # mapped, read-only
+    assert ds.store.folder.parent == I.cache_dir()
 
 
 def _folder(tmp_path, n: int, broken: int) -> list:
@@ -135,8 +151,9 @@ def test_a_damaged_cache_is_decoded_again(tmp_path, monkeypatch, case):
     (tmp_path / "imgs").mkdir()
     paths = _folder(tmp_path / "imgs", 6, 1)
     first = I.decode_images(paths, 32)
+    want = first.images.clone()  # a copy: damaging the file in place would pull the pages from under a mapping
     (cdir,) = (tmp_path / "cache").iterdir()
     CACHE_DAMAGE[case](cdir)
     again = I.decode_images(paths, 32)
     assert again.names == first.names and again.failed.keys() == first.failed.keys()
-    assert torch.equal(again.images, first.images)
+    assert torch.equal(again.images, want)

@@ -34,6 +34,15 @@ def test_features_are_the_frozen_imagenet_backbone_and_are_cached_per_images(syn
         reference.features(x, "efficientnet_lite0", 48)
 
 
+def test_computing_the_features_leaves_the_random_stream_as_reading_them_does(synth_ds, monkeypatch, tmp_path):
+    monkeypatch.setenv("HIER_TL_CACHE", str(tmp_path))
+    x = synth_ds.images[:2]
+    for how in ("computed", "read"):  # building the backbone draws from a generator of its own
+        torch.manual_seed(0)
+        reference.features(x, "efficientnet_lite0", 32)
+        assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(0))), how
+
+
 def test_an_unreadable_cache_entry_is_computed_again(synth_ds, monkeypatch, tmp_path):
     monkeypatch.setenv("HIER_TL_CACHE", str(tmp_path))
     x = synth_ds.images[:3]

@@ -138,3 +138,23 @@ def test_a_full_disk_ends_the_sweep_with_one_line_naming_the_storage(tmp_path, m
     assert len(err) == 1 and "no space left on the device" in err[0] and str(tmp_path / "results" / "k") in err[0]
     res = load_results(str(tmp_path / "results" / "k"))  # what was written is readable
     assert len(res.trials) >= 1
+
+
+@pytest.mark.parametrize("address,storage,shared_fs,shares", [
+    (None, "s3://b/sweeps?endpoint_override=127.0.0.1:1&scheme=http", "", False),  # embedded Ray: one machine
+    ("127.0.0.1:6379", "s3://b/sweeps?endpoint_override=127.0.0.1:1&scheme=http", "", True),
+    ("127.0.0.1:6379", "LOCAL", "", False),  # a node-local folder: one machine (check_cluster refuses more)
+    ("127.0.0.1:6379", "LOCAL", "1", True),  # a file system mounted on every machine
+    (None, "LOCAL", "1", False),
+])
+def test_caches_are_shared_through_the_storage_only_where_other_machines_reach_it(tmp_path, monkeypatch, address,
+                                                                                   storage, shared_fs, shares):
+    from hier_tl.results.storage import Storage
+    from hier_tl.sweep.runner import shares_caches, trial_spec
+    from hier_tl.sweep.sweep_config import load_sweep
+
+    monkeypatch.setenv("HIER_TL_SHARED_FS", shared_fs)
+    st = Storage(str(tmp_path) if storage == "LOCAL" else storage, "k")
+    assert shares_caches(address, st) is shares
+    spec = trial_spec(load_sweep(sweep_file(tmp_path)), st, shares)
+    assert spec.share == (st.uri if shares else None)

@@ -266,3 +266,52 @@ def test_a_sweep_with_rotating_folds_ranks_by_the_fold_mean_and_records_the_spre
     trial, _ = trial_checkpoint(res.storage, best)
     assert refit["calibration"]["levels"] == ["super"] and refit["calibration"]["rule"] == "tpr:0.95/best"
     assert refit["history"][-1]["threshold_sub"] == trial["history"][-1]["threshold_sub"]
+
+
+def test_a_second_machine_downloads_the_shared_caches_instead_of_decoding_or_computing(synth_dir, tmp_path,
+                                                                                       monkeypatch):
+    """Two cache folders stand for two machines, a real S3-compatible server for the sweep's storage: the
+    driver shares the decoded store, a trial on the first machine computes and shares the reference
+    features, and a trial on the second downloads both (once) and trains exactly alike."""
+    from dataclasses import replace
+
+    import torch
+
+    from hier_tl.data import images
+    from hier_tl.data.dataset import load_dataset
+    from hier_tl.results.storage import Storage
+    from hier_tl.sweep.runner import share_data
+    from hier_tl.sweep.trainable import StorageShare, open_data
+    from hier_tl.train import reference
+    from hier_tl.train.train_config import TrainConfig
+    from hier_tl.train.trainer import fit
+
+    from s3_server import s3_bucket
+
+    cfg = TrainConfig(backbone="cnn_tiny", epochs=1, batch_size=32, val_fraction=0.25, holdout_subclasses=1,
+                      novelty_score="pretrained_hier", threshold="tpr:0.95", reference_size=32)
+    with s3_bucket(monkeypatch) as uri:
+        storage = Storage(uri, "sw")
+        share = StorageShare(storage.uri)
+        monkeypatch.setenv("HIER_TL_CACHE", str(tmp_path / "a"))
+        data = load_dataset(synth_dir)
+        share_data(data, storage)  # the driver, on machine a
+        first = fit(cfg, replace(data, share=share))  # a trial on machine a: computes and shares the features
+        assert storage.listdir("cache") == sorted([data.store.key, "reference"])
+        assert storage.listdir(f"cache/{data.store.key}") == ["images.npy", "meta.json"]
+
+        monkeypatch.setenv("HIER_TL_CACHE", str(tmp_path / "b"))  # machine b: its own, empty cache
+        never = lambda *a, **k: pytest.fail("decoded or computed on the second machine")  # noqa: E731
+        monkeypatch.setattr(images, "_decode_one", never)
+        monkeypatch.setattr(reference, "_compute", never)
+        for trial in range(2):
+            phases = []
+            ds = open_data(data.ref(), share, lambda *a: phases.append(a))
+            second = fit(cfg, ds, progress=lambda *a: phases.append(a))
+            assert torch.equal(ds.images, data.images) and ds.store.folder == tmp_path / "b" / data.store.key
+            assert second.history[-1]["objective"] == pytest.approx(first.history[-1]["objective"])
+            said = [p[0] for p in phases]
+            assert said[0] == "mapping the dataset" and said[-1] == "evaluating"
+            # once per machine: the first trial there downloads both, the next maps and reads what is there
+            assert {p for p in said if p.startswith("downloading")} == (set() if trial else {
+                "downloading the dataset cache (MB)", "downloading reference features"})

@@ -1,6 +1,7 @@
 """The shared trainer: it learns, reports every epoch, checkpoints exactly, resumes and refuses NaNs."""
 
 import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -8,9 +9,9 @@ import torch
 
 from hier_tl.cli import main
 from hier_tl.core.errors import DivergedError
-from hier_tl.train import augment, checkpoint, metrics, novelty
+from hier_tl.train import augment, checkpoint, metrics, novelty, trainer
 from hier_tl.train.train_config import TrainConfig
-from hier_tl.train.trainer import fit, infer
+from hier_tl.train.trainer import fit, infer, place
 
 FAST = dict(backbone="cnn_tiny", batch_size=32, lr=3e-3, val_fraction=0.25, eval_batch_size=256)
 
@@ -154,3 +155,30 @@ def test_rotating_folds_train_in_lockstep_report_means_and_resume(synth_ds, tmp_
     resumed = fit(cfg, synth_ds, resume=ckpt["path"])
     assert resumed.history[-1]["objective"] == pytest.approx(full.history[-1]["objective"], abs=1e-6)
     assert resumed.history[-1]["train_loss"] == pytest.approx(full.history[-1]["train_loss"], rel=1e-4)
+
+
+def test_a_mapped_dataset_trains_as_the_same_dataset_in_memory(synth_ds):
+    """load_dataset maps the decode cache; batches gathered from the mapping are the in-memory batches."""
+    assert synth_ds.store is not None and not synth_ds.images.numpy().flags.owndata
+    in_memory = replace(synth_ds, images=synth_ds.images.clone(), store=None)
+    cfg = TrainConfig(epochs=2, mixup_alpha=0.2, **FAST)
+    mapped, loaded = fit(cfg, synth_ds), fit(cfg, in_memory)
+    for a, b in zip(mapped.history, loaded.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    torch.testing.assert_close(mapped.outputs.sub_logits, loaded.outputs.sub_logits)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_dataset_the_gpu_cannot_hold_stays_on_the_host_and_batches_are_copied(synth_ds, monkeypatch):
+    cuda = torch.device("cuda")
+    res = fit(TrainConfig(epochs=1, device="cuda", **FAST), synth_ds)
+    rows = torch.arange(3, 40, 2)
+    on_gpu = infer(res.model, place(synth_ds.images, cuda), res.norm, 64, 8, rows=rows.to(cuda))
+    monkeypatch.setattr(trainer, "GPU_SHARE", 0.0)  # nothing fits: the host path
+    host = place(synth_ds.images, cuda)
+    assert host.device.type == "cpu"
+    from_host = infer(res.model, host, res.norm, 64, 8, rows=rows)
+    for a, b in zip(on_gpu, from_host):
+        assert torch.equal(a, b)
+    again = fit(TrainConfig(epochs=2, device="cuda", **FAST), synth_ds)
+    assert math.isfinite(again.history[-1]["train_loss"]) and again.history[-1]["seen_super_acc"] > 1 / 3

@@ -9,19 +9,22 @@ Layout (what researchers have)::
     DIR/test_images/*.jpg         optional, unlabelled
 
 `load_dataset` validates everything (all problems at once, as `DataError`), then decodes every image once
-(`images.decode_images`, cached on disk).
+(`images.decode_images`, cached on disk as a store that every later load maps read-only). `Dataset.ref()`
+is the same dataset without its image bytes (a few kilobytes: labels, names, the store's key), which
+`DatasetRef.open()` maps again on the machine where it is opened.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 
 from ..core.errors import DataError
 from .images import ImageSet, decode_images, list_images, load_images
+from .store import Share, StoreRef, open_images
 from .taxonomy import Taxonomy, parse_int, read_csv, read_level
 
 TRAIN_DIR, TEST_DIR = "train_images", "test_images"
@@ -35,16 +38,50 @@ class Dataset:
 
     root: Path
     taxonomy: Taxonomy
-    images: torch.Tensor  # uint8 N x 3 x H x W
+    images: torch.Tensor  # uint8 N x 3 x H x W; read-only when mapped from `store`: never write into it
     names: list[str]
     superclass: torch.Tensor  # int64 N, dataset (mapping-file) indices
     subclass: torch.Tensor
     modes: dict[str, int] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    store: StoreRef | None = None  # the store `images` is mapped from; None: in memory only
+    share: Share | None = None  # where its caches (the store, reference features) are shared between machines
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def ref(self) -> DatasetRef:
+        """This dataset without its image bytes, to send to other processes (ValueError when not mapped)."""
+        if self.store is None:
+            raise ValueError("only a dataset mapped from a store can be sent by reference")
+        return DatasetRef(**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "images"})
+
+
+@dataclass
+class DatasetRef:
+    """A mapped `Dataset` without its images: what a sweep sends each trial (no copy of the images in Ray's
+    object store, nor in each trial's process)."""
+
+    root: Path
+    taxonomy: Taxonomy
+    names: list[str]
+    superclass: torch.Tensor
+    subclass: torch.Tensor
+    modes: dict[str, int]
+    sizes: dict[str, int]
+    warnings: list[str]
+    store: StoreRef
+    share: Share | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def open(self) -> Dataset:
+        """The dataset with its images mapped from this machine's store (`store.obtain` makes sure it is
+        there); OSError or ValueError when it is missing or not what was sent."""
+        images = open_images(self.store.folder, self.store.shape)
+        return Dataset(images=images, **{f.name: getattr(self, f.name) for f in fields(self)})
 
 
 def safe_image_path(images_dir: Path, name: str) -> tuple[Path | None, str | None]:
@@ -197,7 +234,7 @@ def load_dataset(root: Path | str, image_size: int = 64, use_cache: bool = True)
                      f"e.g. {sorted(extra)[:3]}")
     return Dataset(root, taxonomy, imgs.images, imgs.names,
                    torch.tensor([r.sup for r in kept], dtype=torch.int64),
-                   torch.tensor([r.sub for r in kept], dtype=torch.int64), imgs.modes, imgs.sizes, notes)
+                   torch.tensor([r.sub for r in kept], dtype=torch.int64), imgs.modes, imgs.sizes, notes, imgs.store)
 
 
 def _file_problem(full: Path, name: str) -> str | None:

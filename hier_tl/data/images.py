@@ -1,9 +1,12 @@
 """Images decoded once: a uint8 tensor (N x 3 x H x W) cached on disk under a key built from the image
 paths, sizes and modification times, so a second load skips decoding entirely; unlabelled folders.
 
-Memory: images are decoded straight into one preallocated N x 3 x H x W array (the dataset's size and not
-a byte more, whatever fails to decode), after checking, from the image count and side alone, that it fits
-in the memory available: a dataset too large is refused with the numbers, not killed by the kernel.
+The cache is a dataset store (`store.py`): images are decoded straight into a preallocated file mapping of
+exactly the dataset's size, whatever fails to decode, and every load maps that file read-only, so neither
+decoding nor training needs the dataset's size in memory, and every process of a machine shares one copy.
+Decoding without the cache (or where it cannot be written) fills one preallocated in-memory array instead,
+after checking, from the image count and side alone, that it fits in the memory available: a dataset too
+large is refused with the numbers, not killed by the kernel.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import torch
 from PIL import Image
 
 from ..core.errors import ConfigError, DataError, HierTLError
-from ..core.fileio import atomic_path, cache_dir, write_text
+from ..core.fileio import cache_dir, first_line
+from .store import META, StoreRef, shrink, write_meta, writing
+from .store import open_images as open_store
 
 CACHE_VERSION = 1
 CHUNK = 1024  # images handed to the decoding threads at a time (bounds the pending work, not the array)
@@ -41,6 +46,7 @@ class ImageSet:
     modes: dict[str, int] = field(default_factory=dict)  # PIL mode -> count, before conversion
     sizes: dict[str, int] = field(default_factory=dict)  # "WxH" -> count, before resizing
     notes: list[str] = field(default_factory=list)  # things worth saying (e.g. the cache could not be written)
+    store: StoreRef | None = None  # the store `images` is mapped from (None: in memory)
 
 
 def numeric_key(name: str) -> tuple:
@@ -94,42 +100,60 @@ def decode_images(paths: list[Path], size: int, use_cache: bool = True, names: l
 
     `names` (default: the file names) label the images; those that fail to decode are left out and listed
     in `failed` (name -> reason). A cached failure is tried again, so fixing a file's permissions counts.
-    Refused (ConfigError, with the numbers) before decoding anything when the array cannot fit in memory.
+    With the cache, images are decoded into it and come back memory-mapped (`ImageSet.store` names it);
+    without, or where it cannot be written, the array is refused (ConfigError, with the numbers) before
+    decoding anything when it cannot fit in memory.
     """
     names = names or [p.name for p in paths]
-    check_memory(len(paths), size)
     key = _cache_key(paths, size)
     cdir = cache_dir() / key
     cached = _read_cache(cdir, paths, names, size) if use_cache else None
     if cached is not None:
         return cached
-    arr, result = _decode_all(paths, names, size)
+    notes, why = [], ""
     if use_cache:
-        result.notes += _write_cache(cdir, arr, result)
-    return result
+        try:
+            return _decode_to_store(cdir, paths, names, size)
+        except (OSError, HierTLError) as e:
+            why = f"the image cache at {cdir} cannot hold them: {first_line(e, 120)}"
+            notes.append(f"could not write the image cache at {cdir} ({e}); images will be decoded again next time")
+    check_memory(len(paths), size, why=why)
+    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+    kept, decoded = _decode_all(paths, names, size, out)
+    return ImageSet(torch.from_numpy(out[:kept]), *decoded, notes)
+
+
+def _decode_to_store(cdir: Path, paths: list[Path], names: list[str], size: int) -> ImageSet:
+    """Decode into a new store at `cdir` (preallocated on disk; shrunk to the images that decode) and map it."""
+    with writing(cdir, (len(paths), 3, size, size)) as out:
+        kept, (names, failed, modes, sizes) = _decode_all(paths, names, size, out)
+        del out
+    if kept < len(paths):
+        shrink(cdir, kept)
+    write_meta(cdir, {"names": names, "failed": failed, "modes": modes, "sizes": sizes})
+    shape = (kept, 3, size, size)
+    return ImageSet(open_store(cdir, shape), names, failed, modes, sizes, store=StoreRef(cdir.name, shape))
 
 
 def _read_cache(cdir: Path, paths: list[Path], names: list[str], size: int) -> ImageSet | None:
-    """The cached decoding of these images, or None: no cache, a failure that may decode now, or a cache
-    that is damaged or not what it should hold (then the images are decoded again)."""
+    """The cached decoding of these images (mapped, not read), or None: no cache, a failure that may decode
+    now, or a cache that is damaged or not what it should hold (then the images are decoded again)."""
     try:
-        meta = json.loads((cdir / "meta.json").read_text())
+        meta = json.loads((cdir / META).read_text())
         if any(_decodes(p, size) for p, n in zip(paths, names) if n in meta["failed"]):
             return None
-        arr = np.load(cdir / "images.npy")
-        if arr.dtype != np.uint8 or arr.shape != (len(meta["names"]), 3, size, size) or \
-                len(meta["names"]) + len(meta["failed"]) != len(paths):
+        shape = (len(meta["names"]), 3, size, size)
+        if len(meta["names"]) + len(meta["failed"]) != len(paths):
             return None
-        return ImageSet(torch.from_numpy(arr), list(meta["names"]), dict(meta["failed"]), dict(meta["modes"]),
-                        dict(meta["sizes"]))
+        return ImageSet(open_store(cdir, shape), list(meta["names"]), dict(meta["failed"]), dict(meta["modes"]),
+                        dict(meta["sizes"]), store=StoreRef(cdir.name, shape))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing, damaged, or another shape
         return None
 
 
-def _decode_all(paths: list[Path], names: list[str], size: int) -> tuple[np.ndarray, ImageSet]:
-    """Every image into one preallocated N x 3 x size x size array, those that decode packed to the front in
-    order (a view of their rows, no copy)."""
-    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+def _decode_all(paths: list[Path], names: list[str], size: int, out: np.ndarray) -> tuple[int, tuple]:
+    """Every image into `out` (N x 3 x size x size, preallocated), those that decode packed to the front in
+    order; returns their count and (their names, failures, modes, sizes)."""
     ok = np.zeros(len(paths), dtype=bool)
 
     def work(i):
@@ -156,8 +180,7 @@ def _decode_all(paths: list[Path], names: list[str], size: int) -> tuple[np.ndar
     for j, i in enumerate(keep):  # pack in place: row j <- row i (i >= j), one image at a time
         if i != j:
             out[j] = out[i]
-    arr = out[:len(keep)]
-    return arr, ImageSet(torch.from_numpy(arr), [names[i] for i in keep], failed, dict(modes), dict(sizes))
+    return len(keep), ([names[i] for i in keep], failed, dict(modes), dict(sizes))
 
 
 def dataset_bytes(n: int, size: int) -> int:
@@ -183,29 +206,19 @@ def available_memory() -> int | None:
     return max(min(found), 0) if found else None
 
 
-def check_memory(n: int, size: int, available: int | None = None) -> None:
-    """Refuse, before decoding, a dataset whose decoded array cannot fit in the memory available."""
+def check_memory(n: int, size: int, available: int | None = None, why: str = "") -> None:
+    """Refuse, before decoding, a dataset whose decoded array cannot fit in the memory available (`why` it has
+    to: the cache cannot hold it)."""
     need = dataset_bytes(n, size)
     have = available_memory() if available is None else available
     if have is not None and need > have:
         raise ConfigError(f"{n:,} images decoded at {size}x{size} need {_gib(need)} of memory and {_gib(have)} is "
-                          "available: use a smaller image side (or fewer images), or free memory")
+                          f"available{' (' + why + ')' if why else ''}: use a smaller image side (or fewer images), "
+                          "or free memory" + (" or disk space for the cache (HIER_TL_CACHE)" if why else ""))
 
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
-
-
-def _write_cache(cdir: Path, arr: np.ndarray, s: ImageSet) -> list[str]:
-    """Write the decode cache; a failure (full disk...) only costs decoding again next time."""
-    try:
-        with atomic_path(cdir / "images.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, arr)
-        write_text(cdir / "meta.json", json.dumps({"names": s.names, "failed": s.failed, "modes": s.modes,
-                                                   "sizes": s.sizes}))
-    except (OSError, HierTLError) as e:
-        return [f"could not write the image cache at {cdir} ({e}); images will be decoded again next time"]
-    return []
 
 
 def list_images(folder: Path | str) -> list[Path]:

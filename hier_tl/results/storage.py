@@ -170,6 +170,50 @@ class Storage:
             why = describe(e) if isinstance(e, OSError) and e.errno else first_line(e)
             raise StorageError(f"cannot {what} {self.file_uri(rel) if rel else self.uri}: {why}") from None
 
+    def size(self, rel: str) -> int | None:
+        """Bytes of the file `rel`; None when there is none."""
+        info = self.guard(lambda: self.fs.get_file_info(self.path(rel)), "read", rel)
+        return info.size if info.type == pafs.FileType.File else None
+
+    def upload(self, rel: str, src: Path | str, chunk: int = 1 << 24) -> None:
+        """Copy the local file `src` to `rel` a chunk at a time (a file larger than memory streams through),
+        complete or not at all: one upload on an object store, else a temporary name and a move."""
+        import os
+        import secrets
+
+        target = self.path(rel)
+        folder, _, base = target.rpartition("/")
+        tmp = f"{folder}/.{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp" if self.is_local else target
+
+        def copy():
+            if self.is_local:
+                self.fs.create_dir(folder, recursive=True)
+            try:
+                with open(src, "rb") as f, self.fs.open_output_stream(tmp) as out:
+                    while block := f.read(chunk):
+                        out.write(block)
+                if tmp != target:
+                    self.fs.move(tmp, target)
+            finally:
+                if tmp != target and self.fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+                    self.fs.delete_file(tmp)
+        self.guard(copy, "write", rel)
+
+    def download(self, rel: str, dest: Path | str, progress=None, chunk: int = 1 << 24) -> None:
+        """Copy `rel` to the local file `dest` a chunk at a time, complete or not at all (a temporary name and
+        a rename); `progress(done, total)`, in bytes, after every chunk."""
+        from ..core.fileio import atomic_path
+
+        def copy():
+            total, done = self.fs.get_file_info(self.path(rel)).size, 0
+            with atomic_path(dest) as tmp, open(tmp, "wb") as f, self.fs.open_input_stream(self.path(rel)) as src:
+                while block := src.read(chunk):
+                    f.write(block)
+                    done += len(block)
+                    if progress is not None:
+                        progress(done, total)
+        self.guard(copy, "read", rel)
+
 
 def local_path(uri: str) -> Path | None:
     """A local folder for `uri`, or None for an object-store URI."""

@@ -5,6 +5,10 @@ samplers, Ray's own constraints), the name, the results folder's state (new, or 
 the lease, the dataset and its memory. A start refused after that (the cluster lacks GPUs...) leaves
 nothing behind, so the corrected command runs under the same name. Ray's own log lines go to
 `<sweep>/logs/ray.log` (a local folder: the cache's `logs/` when results live in object storage).
+
+The driver decodes the dataset once, into this machine's store, and sends trials a reference to it
+(`Dataset.ref`), never the images; on a cluster (`--address`) whose results storage every machine reaches,
+it also shares the store there (`<sweep>/cache/<key>/`) for machines that lack it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from ..core.env import env_flag
 from ..core.errors import Interrupted, StorageError, SweepError
 from ..core.fileio import cache_dir
 from ..core.version import code_version
@@ -33,26 +38,45 @@ from .cluster import check_cluster, machine_memory, start_ray, stop_ray
 from .recorder import Recorder
 from .space import SEARCHERS, expected_trials, param_space
 from .sweep_config import SweepConfig
-from .trainable import TrialSpec, trainable
+from .trainable import StorageShare, TrialSpec, trainable
 
 IGNORED_ON_RESUME = ("storage", "smoke", "name", "hier_tl_version", "git_commit", "provenance")
 OURS = ("sweep.yaml", ".hier_tl-lease")  # what a refused start may have written into an existing folder
 
 
-def trial_spec(sweep: SweepConfig, storage: Storage) -> TrialSpec:
+def trial_spec(sweep: SweepConfig, storage: Storage, share: bool = False) -> TrialSpec:
     """What each trial needs of the sweep (a trial never sees the sweep file)."""
     shared = storage.local_dir("shared_runs") if sweep.threshold_only_keys else None
     return TrialSpec(base=dict(sweep.base), scores=sweep.scores_reported(), grid_scores=tuple(sweep.novelty.scores),
                      grid_thresholds=tuple(sweep.novelty.thresholds), metric=sweep.scheduler.metric,
-                     mode=sweep.scheduler.mode, shared_runs=str(shared) if shared else None, progress=BOARD)
+                     mode=sweep.scheduler.mode, shared_runs=str(shared) if shared else None, progress=BOARD,
+                     share=storage.uri if share else None)
 
 
-def build_tuner(sweep: SweepConfig, storage: Storage, data: Dataset, resume: bool, recorder: Recorder):
+def shares_caches(address: str | None, storage: Storage) -> bool:
+    """Whether trials may run on machines without this one's caches, which every machine reaches through the
+    results storage: a cluster (`--address`) with object storage or a shared file system."""
+    return bool(address) and (not storage.is_local or env_flag("HIER_TL_SHARED_FS"))
+
+
+def share_data(data: Dataset, storage: Storage) -> None:
+    """Put the decoded dataset where every machine of the cluster finds it (skipped when it is there)."""
+    if data.store is None:
+        return
+    t0 = time.time()
+    StorageShare(storage.uri).publish_store(data.store)
+    print(f"data: decoded store ({data.store.nbytes / 2**20:,.0f} MB) shared through {storage.uri}/cache "
+          f"({time.time() - t0:.1f} s)", flush=True)
+
+
+def build_tuner(sweep: SweepConfig, storage: Storage, data: Dataset, resume: bool, recorder: Recorder,
+                share: bool = False):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     fs = integrity.signing_fs(storage.fs, storage.exp)
-    train_fn = tune.with_resources(tune.with_parameters(trainable, spec=trial_spec(sweep, storage), data=data),
+    sent = data.ref() if data.store is not None else data  # a reference: trials map this machine's store
+    train_fn = tune.with_resources(tune.with_parameters(trainable, spec=trial_spec(sweep, storage, share), data=sent),
                                    {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
     if resume:
         tuner = tune.Tuner.restore(storage.exp, train_fn, resume_unfinished=True, resume_errored=False,
@@ -113,7 +137,7 @@ def provenance(sweep: SweepConfig, data: Dataset, command: str, sweep_file: str 
     """What the report's header says was run: the sweep file (and its hash), the dataset (path, image count, a
     hash of its decoded images and labels), the machine, the date and the exact command."""
     h = hashlib.sha256()
-    for part in (data.images.numpy().tobytes(), data.superclass.numpy().tobytes(), data.subclass.numpy().tobytes(),
+    for part in (data.images.numpy(), data.superclass.numpy(), data.subclass.numpy(),  # in place: no copies
                  "\n".join(data.names).encode()):
         h.update(part)
     text = Path(sweep_file).read_bytes() if sweep_file and Path(sweep_file).is_file() else b""
@@ -198,13 +222,16 @@ def _fit(sweep: SweepConfig, storage: Storage, data: Dataset, resume: bool, addr
         start_ray(address, recorder.log)
         try:
             check_cluster(sweep, storage)
+            share = shares_caches(address, storage)
+            if share:
+                share_data(data, storage)
             recorder.board = start_board()
             if not resume:
                 storage.write_text("sweep.yaml", yaml.safe_dump({**dataclasses.asdict(sweep), **code_version(),
                                                                  "provenance": prov or {}}, sort_keys=False))
             fs = integrity.signing_fs(storage.fs, storage.exp)
             with raycompat.follow_folder(fs, storage.root, storage.name) if resume else contextlib.nullcontext():
-                build_tuner(sweep, storage, data, resume, recorder).fit()
+                build_tuner(sweep, storage, data, resume, recorder, share).fit()
         except Exception as e:  # noqa: BLE001 - a storage failure inside Tune arrives wrapped
             cause = recorder.failure or _storage_cause(e)
             if cause is not None:

@@ -1,8 +1,11 @@
 """The one shared trainer: `fit(config, data, report=callback)`. No Ray in here.
 
-The dataset lives on the device as uint8; augmentation is batched on the device; channels_last
-everywhere, bf16 autocast on CUDA and on CPUs with native bf16 (`precision: auto`); no host sync inside the step loop (the loss is summed on the device and read once
-per epoch, which is also where a NaN or infinite loss stops the run).
+The dataset lives on the device as uint8 where it fits (a GPU with room to spare, or the CPU, where a
+mapped store stays mapped and a batch gather copies that batch alone); on a GPU it does not fit, it stays on
+the host and each batch is gathered there and copied without blocking, from pinned memory. Augmentation is
+batched on the device; channels_last everywhere, bf16 autocast on CUDA and on CPUs with native bf16
+(`precision: auto`); no host sync inside the step loop (the loss is summed on the device and read once per
+epoch, which is also where a NaN or infinite loss stops the run).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from .registries import BACKBONES
 from .train_config import TrainConfig
 
 BANK_SIZE = 10000  # training images whose features feature scores (knn) compare against
+GPU_SHARE = 0.5  # the uint8 dataset moves onto a GPU when it needs at most this share of its free memory
 
 
 @dataclass
@@ -86,24 +90,46 @@ def _autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
+def place(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Where batches are gathered from: a GPU when the uint8 dataset takes at most `GPU_SHARE` of its free
+    memory (one copy there, whatever the folds), else the host; on a CPU, the images as they are (mapped
+    from a store, they stay mapped)."""
+    if device.type == "cuda" and images.device.type != "cuda" and \
+            images.nbytes <= GPU_SHARE * torch.cuda.mem_get_info(device)[0]:
+        return images.to(device)
+    return images
+
+
+def gather(t: torch.Tensor, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t[rows]` on `device` (`rows` where `t` is): indexed in place on the device, or gathered on the host
+    into pinned memory and copied to the GPU without blocking (torch reuses a pinned block only once its
+    copy is done)."""
+    if t.device.type == device.type:
+        return t[rows]
+    out = torch.empty((len(rows), *t.shape[1:]), dtype=t.dtype, pin_memory=True)
+    return torch.index_select(t, 0, rows, out=out).to(device, non_blocking=True)
+
+
 def train_one_epoch(model, opt, sched, X, y_sup, y_sub, idx, cfg: TrainConfig, norm, size, device,
                     bf16: bool = False) -> torch.Tensor:
-    """One pass over `idx` (device tensor of row indices); returns the summed loss as a device tensor."""
+    """One pass over `idx` (row indices where X and the labels are: the device, or the host when X does not
+    fit there); returns the summed loss as a device tensor."""
     model.train()
-    order = idx[torch.randperm(len(idx), device=device)]
+    order = idx[torch.randperm(len(idx), device=idx.device)]
     total = torch.zeros((), device=device)
     for start in range(0, len(order), cfg.batch_size):
         b = order[start:start + cfg.batch_size]
         if len(b) < 2:  # BatchNorm cannot train on one image
             continue
-        x = augment.augment(X[b], cfg.hflip, cfg.rotate_deg, cfg.jitter, cfg.translate)
+        ys, yb = gather(y_sup, b, device), gather(y_sub, b, device)
+        x = augment.augment(gather(X, b, device), cfg.hflip, cfg.rotate_deg, cfg.jitter, cfg.translate)
         x, perm, lam = augment.mixup(x, cfg.mixup_alpha)
         x = augment.to_input(x, size, norm)
         x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, bf16):
             ls, lb = model(x)
-        loss = augment.mixed_ce(ls.float(), y_sup[b], perm, lam, cfg.label_smoothing) + \
-            augment.mixed_ce(lb.float(), y_sub[b], perm, lam, cfg.label_smoothing)
+        loss = augment.mixed_ce(ls.float(), ys, perm, lam, cfg.label_smoothing) + \
+            augment.mixed_ce(lb.float(), yb, perm, lam, cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -114,16 +140,18 @@ def train_one_epoch(model, opt, sched, X, y_sup, y_sub, idx, cfg: TrainConfig, n
 
 @torch.inference_mode()
 def infer(model: HierNet, X: torch.Tensor, norm, size: int, batch: int = 512, precision: str = "auto",
-          tta: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(superclass logits, subclass logits, projection features, backbone features) for uint8 images X, in
-    eval mode, as float32 on the CPU. `tta` averages the features of each image and its mirror image (the
-    heads are linear, so the logits are averaged too)."""
+          tta: bool = False, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                       torch.Tensor]:
+    """(superclass logits, subclass logits, projection features, backbone features) for uint8 images X (the
+    `rows` of X, gathered a batch at a time, when given), in eval mode, as float32 on the CPU. `tta` averages
+    the features of each image and its mirror image (the heads are linear, so the logits are averaged too)."""
     model.eval()
     device = next(model.parameters()).device
     bf16 = use_bf16(device, precision, getattr(model, "gpu_bf16", True))
     parts: list[list[torch.Tensor]] = [[], [], [], []]
-    for start in range(0, len(X), batch):  # outputs stay on the device: one copy to the host at the end
-        x = augment.to_input(X[start:start + batch].to(device), size, norm)
+    for start in range(0, len(X) if rows is None else len(rows), batch):  # outputs stay on the device
+        xb = X[start:start + batch].to(device) if rows is None else gather(X, rows[start:start + batch], device)
+        x = augment.to_input(xb, size, norm)
         x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, bf16):
             h = model.backbone(x)
@@ -178,10 +206,10 @@ class _Run:
     sched: object
     space: LabelSpace
     norm: tuple
-    X: torch.Tensor  # uint8 images on the device
-    y_sup: torch.Tensor
+    X: torch.Tensor  # uint8 images: on the device, or on the host when they do not fit there
+    y_sup: torch.Tensor  # labels and row indices: where X is
     y_sub: torch.Tensor
-    train: torch.Tensor  # row indices on the device
+    train: torch.Tensor
     val: torch.Tensor
     size: int
     bank: bool  # whether validation also computes the training-feature bank
@@ -191,7 +219,7 @@ class _Run:
         c = self.cfg
 
         def run(rows):
-            return infer(self.model, self.X[rows], self.norm, self.size, c.eval_batch_size, c.precision, c.tta)
+            return infer(self.model, self.X, self.norm, self.size, c.eval_batch_size, c.precision, c.tta, rows)
         sup_l, sub_l, feats, back = run(self.val)
         out = Outputs(sup_l, sub_l, self.y_sup[self.val].cpu(), self.y_sub[self.val].cpu(), self.space)
         if self.bank:  # unaugmented training images, for feature scores
@@ -210,21 +238,21 @@ class _Run:
 
 def _prepare(cfg: TrainConfig, data: Dataset, scores: tuple[str, ...], fold: int = 0,
              X: torch.Tensor | None = None) -> _Run:
-    """One fold's model, optimiser and split; `X` is the dataset already on the device (shared by folds)."""
+    """One fold's model, optimiser and split; `X` is the dataset already placed (`place`, shared by folds)."""
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     split = make_split(data, cfg.val_fraction, cfg.split_seed, cfg.holdout_subclasses, cfg.holdout_superclasses,
                        fold)
     model, bb = build_model(cfg, len(split.space.supers), len(split.space.subs))
     model.to(device=device, memory_format=torch.channels_last)
-    y_sup, y_sub = (t.to(device) for t in split.space.encode(data.superclass, data.subclass))
-    tr = split.train.to(device)
+    X = place(data.images, device) if X is None else X
+    y_sup, y_sub = (t.to(X.device) for t in split.space.encode(data.superclass, data.subclass))
+    tr = split.train.to(X.device)
     opt = make_optimizer(cfg, model)
     sched = make_schedule(cfg, opt, max(1, math.ceil(len(tr) / cfg.batch_size)))
     bank = any(novelty.needs_features(s) for s in {cfg.novelty_score, *scores})
-    X = data.images.to(device) if X is None else X
     return _Run(cfg, model, opt, sched, split.space, bb.norm, X, y_sup, y_sub, tr,
-                split.val.to(device), cfg.image_size or data.images.shape[-1], bank)
+                split.val.to(X.device), cfg.image_size or data.images.shape[-1], bank)
 
 
 def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
@@ -243,13 +271,14 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
     say = progress or _silent
     say("setting up model and split", 0, 0)
     scores = tuple(dict.fromkeys((*novelty.logit_scores(), *scores)))
-    X = data.images.to(resolve_device(cfg.device))  # one copy on the device, whatever the folds
+    device = resolve_device(cfg.device)
+    X = place(data.images, device)  # one copy, whatever the folds
     runs = [_prepare(cfg, data, scores, fold, X) for fold in range(cfg.folds)]
     if any(novelty.needs_reference(s) for s in {cfg.novelty_score, *scores}):
-        ref = reference_features(cfg, X, say)  # the same for every fold and epoch: computed (or read) once
+        ref = reference_features(cfg, X, say, device, data.share)  # the same for every fold and epoch: once
         for run in runs:
             run.ref = ref
-    bf16 = use_bf16(runs[0].X.device, cfg.precision, runs[0].model.gpu_bf16)
+    bf16 = use_bf16(device, cfg.precision, runs[0].model.gpu_bf16)
     start, history = 0, []
     if resume is not None:
         ckpt = resume if isinstance(resume, dict) else checkpoint.load(resume)
@@ -270,11 +299,14 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
     return FitResult(runs[0].model, runs[0].space, outs[0], history, runs[0].norm)
 
 
-def reference_features(cfg: TrainConfig, X: torch.Tensor, progress: Optional[Progress] = None) -> torch.Tensor:
-    """The `pretrained_*` scores' frozen ImageNet features of images X (`reference.py`), as `cfg` asks."""
-    bf16 = use_bf16(X.device, cfg.precision, BACKBONES.meta(cfg.reference_backbone).get("gpu_bf16", True))
+def reference_features(cfg: TrainConfig, X: torch.Tensor, progress: Optional[Progress] = None,
+                       device: torch.device | None = None, share=None) -> torch.Tensor:
+    """The `pretrained_*` scores' frozen ImageNet features of images X (`reference.py`), as `cfg` asks,
+    computed on `device` (default: X's), fetched from or published to `share` (a `store.Share`) when given."""
+    device = device or X.device
+    bf16 = use_bf16(device, cfg.precision, BACKBONES.meta(cfg.reference_backbone).get("gpu_bf16", True))
     return reference.features(X, cfg.reference_backbone, cfg.reference_size, bf16, cfg.eval_batch_size,
-                              progress=progress)
+                              progress=progress, device=device, share=share)
 
 
 def _silent(phase: str, done: int = 0, total: int = 0) -> None:
@@ -286,7 +318,7 @@ def _epoch(run: _Run, epoch: int, scores: tuple[str, ...], bf16: bool, say: Prog
     cfg, t0 = run.cfg, time.perf_counter()
     say("training", epoch + 1, cfg.epochs)
     loss_sum = train_one_epoch(run.model, run.opt, run.sched, run.X, run.y_sup, run.y_sub, run.train, cfg,
-                               run.norm, run.size, run.X.device, bf16)
+                               run.norm, run.size, next(run.model.parameters()).device, bf16)
     train_loss = float(loss_sum) / len(run.train)  # the one host sync per epoch
     if not math.isfinite(train_loss):
         raise DivergedError(f"training loss is {train_loss} at epoch {epoch + 1} "

@@ -1,0 +1,149 @@
+"""The dataset store: decoded images as one uint8 N x 3 x H x W array in a `.npy` file (the decode cache's
+`images.npy`, beside its `meta.json`), which every process of a machine maps read-only.
+
+Mapped, the images cost a process no memory of its own: the kernel's page cache holds one copy, shared by
+every trial on the machine, and a dataset larger than memory is paged in from disk as batches are gathered
+(a read-only shared file mapping is not counted as a process's data either). A store is written through a
+writable mapping of a file preallocated on disk, so writing one needs no memory either, and a full disk
+fails before the first image rather than as a crash midway. Stores, and whatever else a machine caches
+(reference features), may also be shared between machines through a `Share` (a sweep's results storage):
+`obtain` fetches one once per machine, under a file lock, where it is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+import torch
+
+from ..core.fileio import atomic_path, cache_dir, write_text
+
+IMAGES, META = "images.npy", "meta.json"  # META is written last: a store without it is not complete
+
+
+@dataclass(frozen=True)
+class StoreRef:
+    """A store by its key (the decode cache's key) and shape: what a trial is sent instead of the images,
+    resolved on the machine that opens it (`folder`, under that machine's cache folder)."""
+
+    key: str
+    shape: tuple[int, int, int, int]
+
+    @property
+    def folder(self) -> Path:
+        return cache_dir() / self.key
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape))
+
+
+class Share(Protocol):
+    """Where caches are shared between machines (`sweep.trainable.StorageShare`: the sweep's results storage).
+    `rel` names a file as `<store key>/images.npy` or `reference/<key>.npy`."""
+
+    def fetch(self, rel: str, dest: Path, progress: Callable[[int, int], None] | None = None) -> bool:
+        """Copy `rel` to the local file `dest` (atomically); False when it is not shared."""
+
+    def publish(self, rel: str, src: Path) -> None:
+        """Share the local file `src` as `rel` (nothing when it is shared already)."""
+
+
+def open_images(folder: Path, shape: tuple | None = None) -> torch.Tensor:
+    """The store's images as a read-only memory-mapped uint8 tensor (never write into it). Raises OSError or
+    ValueError when the file is missing, damaged, not uint8 N x 3 x H x W or not of `shape`."""
+    arr = np.load(Path(folder) / IMAGES, mmap_mode="r")
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1] != 3 or (shape is not None and arr.shape != tuple(shape)):
+        raise ValueError(f"{folder / IMAGES}: {arr.dtype} {arr.shape}, not uint8 {shape or 'N x 3 x H x W'}")
+    with warnings.catch_warnings():  # torch warns that it has no read-only tensors: this one is only read
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr)
+
+
+def complete(folder: Path, shape: tuple | None = None) -> bool:
+    """Whether `folder` holds a whole store (of `shape`, when given)."""
+    try:
+        open_images(folder, shape)
+        return (Path(folder) / META).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def writing(folder: Path, shape: tuple) -> Iterator[np.ndarray]:
+    """`with writing(folder, shape) as arr: arr[i] = ...`: the new store's array, a writable mapping of a file
+    preallocated on disk (OSError, e.g. ENOSPC, before anything is written), renamed into place as
+    `folder/images.npy` when the block ends, complete or not at all. `meta.json` is the caller's to write."""
+    with atomic_path(Path(folder) / IMAGES) as tmp:
+        with open(tmp, "wb") as f:  # the header, then the whole array's blocks reserved
+            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)})
+            os.posix_fallocate(f.fileno(), 0, f.tell() + int(np.prod(shape)))
+        arr = np.lib.format.open_memmap(tmp, mode="r+")
+        try:
+            yield arr
+            arr.flush()
+        finally:
+            del arr
+
+
+def shrink(folder: Path, rows: int) -> None:
+    """Keep the first `rows` images of the store's array (a rewritten header and a truncated file, no copy)."""
+    path = Path(folder) / IMAGES
+    with open(path, "r+b") as f:
+        shape, _, _ = np.lib.format.read_array_header_1_0(f) if np.lib.format.read_magic(f) == (1, 0) else \
+            np.lib.format.read_array_header_2_0(f)
+        start = f.tell()
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, {"descr": "|u1", "fortran_order": False,
+                                                   "shape": (rows, *shape[1:])})
+        if head.tell() != start:  # numpy pads headers for growth: a shorter shape fits the same bytes
+            raise ValueError(f"{path}: header of {start} bytes cannot be rewritten in place")
+        f.seek(0)
+        f.write(head.getvalue())
+        f.truncate(start + rows * int(np.prod(shape[1:])))
+
+
+def write_meta(folder: Path, meta: dict) -> None:
+    """The store's `meta.json` (names, failures, modes, sizes): written last, it marks the store complete."""
+    write_text(Path(folder) / META, json.dumps(meta))
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock on the file `path` (held by this process until the block ends): processes of one
+    machine that need the same cache entry take turns, so the first makes it and the others find it. Where
+    no lock can be taken (read-only cache, no fcntl), the block runs unlocked: the writes are atomic anyway."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): unlocked, still atomic
+            pass
+        yield
+
+
+def obtain(ref: StoreRef, fetch: Callable[[Path], bool] | None) -> bool:
+    """Whether this machine holds the store `ref` names, after `fetch(folder)` (a download) where it did not:
+    once per machine, as processes asking together wait for the first (a file lock beside the folder)."""
+    folder = ref.folder
+    if complete(folder, ref.shape):
+        return True
+    if fetch is None:
+        return False
+    with locked(folder.with_name(f"{folder.name}.lock")):
+        return complete(folder, ref.shape) or (fetch(folder) and complete(folder, ref.shape))
