@@ -8,6 +8,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# tests run in 2 worker processes (pytest-xdist): the end-to-end ones mostly wait on Ray's start-up
+WORKERS ?= 2
 SWEEP ?= sweeps/smoke.yaml
 OFFLINE := sh scripts/offline.sh
 
@@ -25,11 +27,11 @@ demo: setup
 	$(OFFLINE) $(VENV)/bin/hier-tl sweep $(SWEEP)
 
 test: setup
-	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)
+	$(OFFLINE) $(PY) -m pytest -n $(WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # the quick subset, skipping the end-to-end tests marked slow
 test-fast: setup
-	$(OFFLINE) $(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+	$(OFFLINE) $(PY) -m pytest -n $(WORKERS) --dist worksteal -m "not slow and not gpu" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
