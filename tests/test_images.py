@@ -157,3 +157,15 @@ def test_a_damaged_cache_is_decoded_again(tmp_path, monkeypatch, case):
     again = I.decode_images(paths, 32)
     assert again.names == first.names and again.failed.keys() == first.failed.keys()
     assert torch.equal(again.images, want)
+
+
+def test_decoding_more_than_a_chunk_says_how_far_it_is(tmp_path, monkeypatch, capsys):
+    for i in range(10):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i}.png")
+    monkeypatch.setattr(I, "CHUNK", 4)  # three chunks
+    got = I.decode_images(sorted(tmp_path.glob("*.png")), 8, use_cache=False)
+    assert len(got.names) == 10
+    err = capsys.readouterr().err  # a log, not a terminal: plain lines with the count and the rate
+    assert "decoding: 10/10 images (" in err and "\r" not in err
+    I.decode_images(sorted(tmp_path.glob("*.png"))[:4], 8, use_cache=False)  # one chunk: nothing said
+    assert capsys.readouterr().err == ""

@@ -11,6 +11,7 @@ large is refused with the numbers, not killed by the kernel.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ from PIL import Image
 
 from ..core.errors import ConfigError, DataError, HierTLError
 from ..core.fileio import cache_dir, first_line
+from ..core.progressbar import progress
 from .store import META, StoreRef, shrink, write_meta, writing
 from .store import open_images as open_store
 
@@ -167,7 +169,8 @@ def _decode_all(paths: list[Path], names: list[str], size: int, out: np.ndarray)
 
     failed: dict[str, str] = {}
     modes, sizes = Counter(), Counter()
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+    shown = progress(len(paths), "decoding") if len(paths) > CHUNK else contextlib.nullcontext()
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool, shown as counter:
         for start in range(0, len(paths), CHUNK):
             done = pool.map(work, range(start, min(start + CHUNK, len(paths))))
             for name, (mode, wh, err) in zip(names[start:], done):
@@ -176,6 +179,8 @@ def _decode_all(paths: list[Path], names: list[str], size: int, out: np.ndarray)
                 else:
                     modes[mode] += 1
                     sizes[wh] += 1
+            if counter is not None:  # more than one chunk: a bar (a terminal) or a line every 15 s (a log)
+                counter.update(min(CHUNK, len(paths) - start))
     keep = np.flatnonzero(ok)
     for j, i in enumerate(keep):  # pack in place: row j <- row i (i >= j), one image at a time
         if i != j:
