@@ -12,8 +12,9 @@ its split into anonymous memory (the process's own: the runtime, the model, an i
 file pages (the mapped store, the libraries). Linux only.
 
 speed: training images/s of `fit` on --data (a dataset folder, decoded through the cache) from the images
-in memory (a private copy, as before) and from the mapped store, in one run, alternated --repeats times;
-per second of wall time and per second of the process's CPU time (steadier on a shared machine).
+in memory (a private copy, as before) and from the mapped store, in one run, alternated --repeats times
+after one untimed epoch of each; per second of wall time and per second of the process's CPU time
+(steadier on a shared machine).
 cnn_tiny by default: the cheaper the model, the larger the data path's share of a step.
 
     python bench/data_store.py memory --gb 3.5
@@ -154,6 +155,8 @@ def speed(args) -> None:
     print(f"{args.data}: {len(mapped)} images, {args.backbone}, batch 64, {args.epochs} epoch(s) x {args.repeats} "
           f"runs per path, alternated; torch threads {torch.get_num_threads()}", flush=True)
     rates = {"in memory": [], "mapped": []}
+    for data in (in_memory, mapped):  # untimed: the first epochs of a process warm its allocator and caches
+        epoch_rates(replace(cfg, epochs=1), data)
     for r in range(args.repeats):
         for name in ("in memory", "mapped") if r % 2 == 0 else ("mapped", "in memory"):
             got = epoch_rates(cfg, in_memory if name == "in memory" else mapped)
