@@ -158,3 +158,13 @@ def test_caches_are_shared_through_the_storage_only_where_other_machines_reach_i
     assert shares_caches(address, st) is shares
     spec = trial_spec(load_sweep(sweep_file(tmp_path)), st, shares)
     assert spec.share == (st.uri if shares else None)
+
+
+def test_a_bad_setting_in_the_environment_is_refused_before_the_data_is_decoded(tmp_path, monkeypatch, capsys):
+    from hier_tl.sweep import runner
+    monkeypatch.setenv("HIER_TL_HEARTBEAT_S", "inf")
+    monkeypatch.setattr(runner, "load_source", lambda *a: pytest.fail("the dataset was decoded first"))
+    assert main(["sweep", str(sweep_file(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "HIER_TL_HEARTBEAT_S='inf' is not a finite number" in err[0]
+    assert not (tmp_path / "results" / "k").exists()

@@ -187,10 +187,10 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
     lease.acquire()
     t0, recorder = time.time(), None
     try:
+        recorder = Recorder(storage, sweep, lease=lease, log=log_path(storage))  # its settings checked first
         data = load_source(sweep.data, sweep.synthetic)
         sweep.check_memory(len(data), data.images.shape[-1], *machine_memory())
         print(f"data: {len(data)} images decoded once ({time.time() - t0:.1f} s); results: {storage.uri}", flush=True)
-        recorder = Recorder(storage, sweep, lease=lease, log=log_path(storage))
         prov = provenance(sweep, data, command, sweep_file)
         _fit(sweep, storage, data, resume, address, recorder, prov)
     except BaseException:
