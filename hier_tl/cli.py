@@ -94,7 +94,11 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from .analysis.report import format_table, write_report
 
-    table, state, out = write_report(args.results, args.out, " ".join(shlex.quote(a) for a in ["hier-tl", *args.argv]))
+    from .analysis.unseen import parse_unseen
+
+    unseen = parse_unseen(args.unseen or [])
+    table, state, out = write_report(args.results, args.out, " ".join(shlex.quote(a) for a in ["hier-tl", *args.argv]),
+                                     unseen)
     print(f"sweep state: {state}")
     print(format_table(table))
     print(f"wrote {out / 'report.md'} and report.html")
@@ -227,6 +231,10 @@ def _add_results(sub) -> None:
     r.add_argument("results", help=where)
     r.add_argument("--out", help="folder for report.md, report.html and the PNGs (default: the results folder if "
                    "local, else ./<name>-report)")
+    r.add_argument("--unseen", nargs="+", metavar="NAME=PERCENT",
+                   help="accuracies measured on images of classes nobody tuned on (NAME: seen_super, novel_super, "
+                   "seen_sub, novel_sub, new_breeds): the report sets each protocol's validation estimate beside "
+                   "them and names the closest protocol")
     r.set_defaults(fn=cmd_report)
     b = sub.add_parser("best", help="print the best trial's config, metrics and checkpoint")
     b.add_argument("results", help=where)

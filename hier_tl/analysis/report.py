@@ -16,6 +16,7 @@ from ..results.reading import Results, best_trial, load_results
 from ..train.registries import EPOCH_METRICS
 from . import report_pages
 from .plots import plot_curves, plot_rungs, plot_tradeoff
+from .unseen import gaps, verdict
 
 VARIANT = ["backbone", "depth"]
 PERCENT = ("objective", "seen super", "seen sub", "novel super", "novel sub", "new breeds")
@@ -121,8 +122,11 @@ def deciding(res: Results) -> str | None:
         return None
 
 
-def write_report(uri: str, out_dir: str | None = None, command: str = "") -> tuple[pd.DataFrame, str, Path]:
-    """report.md, a self-contained report.html and the PNGs; returns (table, state, folder written)."""
+def write_report(uri: str, out_dir: str | None = None, command: str = "",
+                 unseen: dict[str, float] | None = None) -> tuple[pd.DataFrame, str, Path]:
+    """report.md, a self-contained report.html and the PNGs; returns (table, state, folder written).
+    `unseen` (table column -> fraction, `unseen.parse_unseen`): figures measured on images of unseen classes,
+    which the report sets beside each protocol's validation estimate."""
     res = load_results(uri)
     out = Path(out_dir) if out_dir else (Path(uri) if res.storage.is_local else Path(f"{res.storage.name}-report"))
     decide = deciding(res)
@@ -131,6 +135,9 @@ def write_report(uri: str, out_dir: str | None = None, command: str = "") -> tup
         table = report_pages.front_columns(table, res)
     sections = _sections(res, table, decide, out)
     page = report_pages.Page(res, table, state, sections, command)
+    if unseen and len(table):
+        page.unseen = gaps(table, unseen)
+        page.unseen_note = verdict(page.unseen, decide)
     write_text(out / "report.md", page.markdown())
     write_text(out / "report.html", page.html(out))
     if res.storage.is_local and out.resolve() != Path(res.storage.exp).resolve() and res.meta:

@@ -18,6 +18,7 @@ from ..results.reading import Results
 from ..sweep.studies import build_study
 from .hpo import draw_hpo_plots
 from .pareto import pareto_front, plot_seen_vs_novel
+from .unseen import cells, markdown_table
 
 HOW_TO_READ = [
     ("objective", "the mean of the seen and novel accuracies, at both levels, that exist on the validation set: "
@@ -89,6 +90,8 @@ def provenance_rows(res: Results, command: str = "") -> list[tuple[str, str]]:
                            f"(commit {now['git_commit'] or '?'})" + (f": {command}" if command else "")))
     return rows
 
+UNSEEN_HEADING = "Validation vs images of unseen classes"
+
 
 @dataclass
 class Page:
@@ -97,6 +100,8 @@ class Page:
     state: str
     sections: list
     command: str = ""
+    unseen: pd.DataFrame | None = None  # `unseen.gaps`: validation beside figures measured on unseen images
+    unseen_note: str = ""  # `unseen.verdict`
 
     def _title(self) -> str:
         return f"Sweep report: {self.res.meta.get('name', self.res.storage.name)}"
@@ -121,6 +126,8 @@ class Page:
         lines = [f"# {self._title()}", ""] + [f"- **{k}**: {v}" for k, v in provenance_rows(self.res, self.command)]
         lines += ["", self._summary(), "", "## How to read this report", ""]
         lines += [f"- **{k}**: {v}" for k, v in HOW_TO_READ]
+        if self.unseen is not None:
+            lines += ["", f"## {UNSEEN_HEADING}", "", *markdown_table(self.unseen), "", self.unseen_note]
         for heading, block, panels in self._blocks():
             lines += ["", f"## {heading}" + (" (decides)" if block is not None and block.decides.any() else ""), ""]
             if block is not None:
@@ -141,6 +148,12 @@ class Page:
         parts += [f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in provenance_rows(self.res, self.command)]
         parts += [f"</table><p>{esc(self._summary())}</p><h2>How to read this report</h2><dl>"]
         parts += [f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in HOW_TO_READ] + ["</dl>"]
+        if self.unseen is not None:
+            head, *body = cells(self.unseen)
+            parts.append(f"<h2>{esc(UNSEEN_HEADING)}</h2><table class='results'><tr>"
+                         + "".join(f"<th>{esc(c)}</th>" for c in head) + "</tr>"
+                         + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in body)
+                         + f"</table><p>{esc(self.unseen_note)}</p>")
         for heading, block, panels in self._blocks():
             decides = block is not None and block.decides.any()
             parts.append(f"<h2>{esc(heading)}{' <small>(decides)</small>' if decides else ''}</h2>")
