@@ -96,9 +96,13 @@ def cmd_report(args) -> int:
 
     from .analysis.unseen import parse_unseen
 
-    unseen = parse_unseen(args.unseen or [])
+    unseen, ensemble = parse_unseen(args.unseen or []), None
+    if args.ensemble:
+        from .predict.ensemble import validate_ensemble
+
+        ensemble = validate_ensemble(args.results, args.ensemble, args.data, args.protocol)
     table, state, out = write_report(args.results, args.out, " ".join(shlex.quote(a) for a in ["hier-tl", *args.argv]),
-                                     unseen)
+                                     unseen, ensemble)
     print(f"sweep state: {state}")
     print(format_table(table))
     print(f"wrote {out / 'report.md'} and report.html")
@@ -235,6 +239,11 @@ def _add_results(sub) -> None:
                    help="accuracies measured on images of classes nobody tuned on (NAME: seen_super, novel_super, "
                    "seen_sub, novel_sub, new_breeds): the report sets each protocol's validation estimate beside "
                    "them and names the closest protocol")
+    r.add_argument("--ensemble", type=_positive, default=0, metavar="K", help="also score the K best trials of the "
+                   "deciding protocol together on their validation images, beside each alone (what predict "
+                   "--ensemble K would use; runs the models, so it takes the time of K predictions)")
+    r.add_argument("--protocol", metavar="LABEL|N", help="with --ensemble: " + PROTOCOL_HELP)
+    r.add_argument("--data", help="with --ensemble: dataset folder (default: the sweep's data)")
     r.set_defaults(fn=cmd_report)
     b = sub.add_parser("best", help="print the best trial's config, metrics and checkpoint")
     b.add_argument("results", help=where)
@@ -265,7 +274,7 @@ def _add_results(sub) -> None:
     pr.add_argument("--protocol", metavar="LABEL|N", help=PROTOCOL_HELP)
     pr.add_argument("--all-variants", action="store_true",
                     help="one CSV per backbone x depth (its best trial), named OUT_<backbone>_<depth>.csv")
-    pr.add_argument("--ensemble", type=int, default=0, metavar="K",
+    pr.add_argument("--ensemble", type=_positive, default=0, metavar="K",
                     help="average the K best trials of the best trial's protocol (with --refit: refit each); "
                     "thresholds resolved again on the ensemble")
     pr.add_argument("--ensemble-score", metavar="SCORE", help="with --ensemble: the novelty score (default: the "

@@ -42,3 +42,26 @@ def test_predict_with_an_ensemble_of_refits(sweep, tmp_path, capsys):
     assert "ensemble of 2 trial(s) of protocol '1 sub held out, val 0.25'" in printed
     assert printed.count("refit: saved") == 2 and "at the trial's margin" in printed
     assert len(pd.read_csv(out)) == len(pd.read_csv(data / "test_labels.csv"))
+
+
+@pytest.mark.slow
+def test_the_report_scores_the_ensemble_beside_its_members_on_validation(sweep, tmp_path):
+    from hier_tl import load_results
+    from hier_tl.cli import main
+    from hier_tl.predict.ensemble import validate_ensemble
+
+    results, _ = sweep
+    got = validate_ensemble(str(results), 2, log=lambda *a: None)
+    assert list(got.model) == [*got.model[:2], "ensemble of 2"]
+    trials = load_results(str(results), tables=()).trials.set_index("trial_id")
+    for row in got.iloc[:2].itertuples():  # a member alone scores what its trial recorded at its last epoch
+        t = trials.loc[row.model]
+        assert row.objective == pytest.approx(t.final_objective, abs=1e-6)
+        assert row[got.columns.get_loc("seen sub") + 1] == pytest.approx(t.final_seen_sub_acc, abs=1e-6)
+    assert 0 <= got.objective.iloc[2] <= 1
+
+    assert main(["report", str(results), "--out", str(tmp_path), "--ensemble", "2"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "## Ensemble of the 2 best trial(s) of '1 sub held out, val 0.25' on their validation images" in md
+    assert "| ensemble of 2 |" in md and "%" in md.split("## Ensemble", 1)[1].split("\n## ", 1)[0]
+    assert "Ensemble of the 2 best trial(s)" in (tmp_path / "report.html").read_text()

@@ -19,7 +19,8 @@ from .plots import plot_curves, plot_rungs, plot_tradeoff
 from .unseen import gaps, verdict
 
 VARIANT = ["backbone", "depth"]
-PERCENT = ("objective", "seen super", "seen sub", "novel super", "novel sub", "new breeds")
+PERCENT = ("objective", "seen super", "seen sub", "novel super", "novel sub", "new breeds",
+           "new breeds as novel super")
 
 
 def table_columns() -> dict[str, str]:
@@ -122,11 +123,12 @@ def deciding(res: Results) -> str | None:
         return None
 
 
-def write_report(uri: str, out_dir: str | None = None, command: str = "",
-                 unseen: dict[str, float] | None = None) -> tuple[pd.DataFrame, str, Path]:
+def write_report(uri: str, out_dir: str | None = None, command: str = "", unseen: dict[str, float] | None = None,
+                 ensemble: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str, Path]:
     """report.md, a self-contained report.html and the PNGs; returns (table, state, folder written).
     `unseen` (table column -> fraction, `unseen.parse_unseen`): figures measured on images of unseen classes,
-    which the report sets beside each protocol's validation estimate."""
+    which the report sets beside each protocol's validation estimate; `ensemble`: what the best trials
+    score together on validation (`predict.ensemble.validate_ensemble`)."""
     res = load_results(uri)
     out = Path(out_dir) if out_dir else (Path(uri) if res.storage.is_local else Path(f"{res.storage.name}-report"))
     decide = deciding(res)
@@ -134,7 +136,7 @@ def write_report(uri: str, out_dir: str | None = None, command: str = "",
     if len(table):
         table = report_pages.front_columns(table, res)
     sections = _sections(res, table, decide, out)
-    page = report_pages.Page(res, table, state, sections, command)
+    page = report_pages.Page(res, table, state, sections, command, ensemble=ensemble)
     if unseen and len(table):
         page.unseen = gaps(table, unseen)
         page.unseen_note = verdict(page.unseen, decide)

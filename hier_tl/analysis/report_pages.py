@@ -102,6 +102,7 @@ class Page:
     command: str = ""
     unseen: pd.DataFrame | None = None  # `unseen.gaps`: validation beside figures measured on unseen images
     unseen_note: str = ""  # `unseen.verdict`
+    ensemble: pd.DataFrame | None = None  # `predict.ensemble.validate_ensemble`: members alone, then together
 
     def _title(self) -> str:
         return f"Sweep report: {self.res.meta.get('name', self.res.storage.name)}"
@@ -112,6 +113,17 @@ class Page:
         return (f"State: {self.state}. {n} trials under {kinds} validation protocol(s); objective "
                 f"`{self.res.metric}` ({self.res.mode}); each row is the best trial of a backbone x depth within its "
                 "protocol, by its final-epoch value (what its checkpoint holds).")
+
+    def _ensemble_heading(self) -> str:
+        e = self.ensemble
+        return (f"Ensemble of the {len(e) - 1} best trial(s) of '{e.protocol.iloc[0]}' on their validation images "
+                f"({e.score.iloc[0]} at {e.threshold.iloc[0]}, resolved on those images)")
+
+    def _ensemble_cells(self) -> list[list[str]]:
+        from .report import cell
+
+        cols = [c for c in self.ensemble.columns if c not in ("protocol", "score", "threshold")]
+        return [cols] + [[cell(c, r[c]) for c in cols] for _, r in self.ensemble.iterrows()]
 
     def _blocks(self):
         """(heading, table rows of this block or None, panels)."""
@@ -128,6 +140,10 @@ class Page:
         lines += [f"- **{k}**: {v}" for k, v in HOW_TO_READ]
         if self.unseen is not None:
             lines += ["", f"## {UNSEEN_HEADING}", "", *markdown_table(self.unseen), "", self.unseen_note]
+        if self.ensemble is not None:
+            head, *body = self._ensemble_cells()
+            lines += ["", f"## {self._ensemble_heading()}", "", "| " + " | ".join(head) + " |",
+                      "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in body]
         for heading, block, panels in self._blocks():
             lines += ["", f"## {heading}" + (" (decides)" if block is not None and block.decides.any() else ""), ""]
             if block is not None:
@@ -154,6 +170,12 @@ class Page:
                          + "".join(f"<th>{esc(c)}</th>" for c in head) + "</tr>"
                          + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in body)
                          + f"</table><p>{esc(self.unseen_note)}</p>")
+        if self.ensemble is not None:
+            head, *body = self._ensemble_cells()
+            parts.append(f"<h2>{esc(self._ensemble_heading())}</h2><table class='results'><tr>"
+                         + "".join(f"<th>{esc(c)}</th>" for c in head) + "</tr>"
+                         + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in body)
+                         + "</table>")
         for heading, block, panels in self._blocks():
             decides = block is not None and block.decides.any()
             parts.append(f"<h2>{esc(heading)}{' <small>(decides)</small>' if decides else ''}</h2>")

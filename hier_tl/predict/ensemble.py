@@ -22,7 +22,7 @@ from ..data.synthetic import SynthSpec, load_source
 from ..results.protocols import decision, within
 from ..results.reading import Results, load_results, metric_column, trial_checkpoint
 from ..train.combine import combine
-from ..train.metrics import threshold_at_margin, thresholds_for
+from ..train.metrics import NEW_BREED_SUPER, NEW_SUB, evaluate, threshold_at_margin, thresholds_for
 from ..train.train_config import TrainConfig
 from .predict import Predictor, decide, write_predictions
 from .refit import refit
@@ -62,19 +62,24 @@ class EnsemblePredictor:
         return decide(self.outputs(images, batch, progress), self.score, self.thr_super, self.thr_sub, self.discover)
 
 
+def shared_validation(members: list[Predictor], cfg: TrainConfig, data) -> list:
+    """Each member's outputs, with their targets, on the validation images of their protocol (fold 0)."""
+    split = make_split(data, cfg.val_fraction, cfg.split_seed, cfg.holdout_subclasses, cfg.holdout_superclasses)
+    if len(split.val) < 2:
+        raise SelectionError("an ensemble's thresholds are resolved on the members' validation images, and their "
+                             "protocol keeps none (val_fraction 0)")
+    y_sup, y_sub = members[0].space.encode(data.superclass[split.val], data.subclass[split.val])
+    return [replace(m.outputs(data.images[split.val], progress=False), super_target=y_sup, sub_target=y_sub)
+            for m in members]
+
+
 def calibrate(ckpts: list[dict], names: list[str], data, score: str | None = None) -> EnsemblePredictor:
     """Members from checkpoints of one protocol, thresholded by member 0's rule on the ensemble's scores over
     the validation (or refit calibration) images they share."""
     members = [Predictor.from_checkpoint(c, name=n) for c, n in zip(ckpts, names)]
     cfg = from_dict(TrainConfig, ckpts[0]["config"])
     score = score or cfg.novelty_score
-    split = make_split(data, cfg.val_fraction, cfg.split_seed, cfg.holdout_subclasses, cfg.holdout_superclasses)
-    if len(split.val) < 2:
-        raise SelectionError("an ensemble's thresholds are resolved on the members' validation images, and their "
-                             "protocol keeps none (val_fraction 0)")
-    y_sup, y_sub = members[0].space.encode(data.superclass[split.val], data.subclass[split.val])
-    out = replace(combine([m.outputs(data.images[split.val], progress=False) for m in members]),
-                  super_target=y_sup, sub_target=y_sub)
+    out = combine(shared_validation(members, cfg, data))
     thr = thresholds_for(out, score, cfg.threshold)
     margins = [c.get("calibration", {}).get("super_margin", math.nan) for c in ckpts]
     if all(math.isfinite(m) for m in margins):  # refits: keep room for new breeds (refit._transfer)
@@ -103,3 +108,32 @@ def predict_ensemble(source: str, images: str, out: str, k: int, score: str | No
     log(f"wrote {out}: {n} images (ensemble of {len(trials)}, {ens.score}: superclass {ens.thr_super:.4g}, "
         f"subclass {ens.thr_sub:.4g})")
     return out, n
+
+
+SCORED = {"objective": "objective", "seen super": "seen_super_acc", "novel super": "novel_super_acc",
+          "seen sub": "seen_sub_acc", "novel sub": "novel_sub_acc", "new breeds": NEW_SUB,
+          "new breeds as novel super": NEW_BREED_SUPER}
+
+
+def validate_ensemble(source: str, k: int, data_dir: str | None = None, protocol: str | None = None,
+                      log=print) -> pd.DataFrame:
+    """What `predict --ensemble K` would score on the validation images its members share (their protocol's
+    fold 0): each member alone, then the ensemble, under member 0's novelty score and threshold rule, each
+    resolved on those images as the trials resolved theirs. One row per model (`SCORED` columns)."""
+    res: Results = load_results(source, tables=())
+    label = decision(res.trials, res.meta, protocol)
+    trials = top_trials(res.trials, res.metric, res.mode, label, k=k)
+    log(f"ensemble on validation: the {len(trials)} best trial(s) of protocol {label!r}")
+    ckpts = [trial_checkpoint(res.storage, t)[0] for t in trials]
+    synth = from_dict(SynthSpec, res.meta.get("synthetic") or {})
+    data = load_source(data_dir or res.meta.get("data", "synthetic"), synth)
+    members = [Predictor.from_checkpoint(c, name=t["trial_id"]) for c, t in zip(ckpts, trials)]
+    cfg = from_dict(TrainConfig, ckpts[0]["config"])
+    outs = shared_validation(members, cfg, data)
+    named = [*zip((t["trial_id"] for t in trials), outs), (f"ensemble of {len(outs)}", combine(outs))]
+    rows = []
+    for name, out in named:
+        m = evaluate(out, out.space, cfg.novelty_score, cfg.threshold)
+        rows.append({"model": name, **{col: m.get(key) for col, key in SCORED.items()},
+                     "score": cfg.novelty_score, "threshold": str(cfg.threshold)})
+    return pd.DataFrame(rows).assign(protocol=label)
