@@ -86,3 +86,25 @@ def test_the_cache_folder_is_hier_tl_cache_else_under_the_home_folder(tmp_path, 
     monkeypatch.delenv("HIER_TL_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert fileio.cache_dir() == Path(tmp_path / "home" / ".cache" / "hier_tl")
+
+
+def test_a_lock_makes_processes_take_turns_and_says_when_it_waits(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    lock = tmp_path / "sub" / "x.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom pathlib import Path\nfrom hier_tl.core.fileio import locked\n"
+        f"with locked(Path({str(lock)!r})):\n    print('held', flush=True)\n    time.sleep(1.5)\n")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    waited, t0 = [], time.monotonic()
+    with fileio.locked(lock, on_wait=lambda: waited.append(True)):
+        got = time.monotonic() - t0
+    holder.wait(timeout=30)
+    assert waited == [True] and got > 0.5  # it waited for the other process, and said so once
+    waited.clear()
+    with fileio.locked(lock, on_wait=lambda: waited.append(True)):
+        pass
+    assert waited == []  # free: no wait, nothing said

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 from ..core.errors import HierTLError
-from ..core.fileio import cache_dir, describe
+from ..core.fileio import cache_dir, describe, locked
 
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # the UI's model-training views, not GenAI
 SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")
@@ -267,20 +267,8 @@ def export_lock(tracking_uri: str, experiment_name: str, sweep_uri: str, log: Ca
     where no lock can be taken (no fcntl, a read-only cache), they run concurrently and converge."""
     key = hashlib.sha256("\n".join((tracking_uri.rstrip("/"), experiment_name, sweep_uri)).encode()).hexdigest()
     path = cache_dir() / "mlflow-export" / f"{key[:32]}.lock"
-    try:
-        import fcntl
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path, "a")
-    except (ImportError, OSError):
-        yield
-        return
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"mlflow: waiting for another export of {sweep_uri} to {shown(tracking_uri)} to finish")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks: the converge step still keeps one run per key
-            pass
+    def waiting() -> None:
+        log(f"mlflow: waiting for another export of {sweep_uri} to {shown(tracking_uri)} to finish")
+    with locked(path, waiting):  # where no lock can be taken, the converge step still keeps one run per key
         yield

@@ -103,3 +103,30 @@ def check_name(name: str, key: str = "--name") -> str:
         raise ConfigError(f"{key}: {name!r} is not a valid sweep name: use one folder name of letters, digits, "
                           "'.', '_' and '-' (no '/', starting with a letter or digit)")
     return name
+
+
+@contextlib.contextmanager
+def locked(path: Path, on_wait=None) -> Iterator[None]:
+    """An exclusive lock on the file `path`, held by this process until the block ends: processes of one machine
+    take turns (the first makes a cache entry, the others find it). `on_wait()` is called once when another
+    process holds it. Where no lock can be taken (no fcntl, a read-only folder, a file system without locks),
+    the block runs unlocked: callers keep their writes atomic anyway."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with f:
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): unlocked
+            pass
+        yield

@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 import torch
 
-from ..core.fileio import atomic_path, cache_dir, write_text
+from ..core.fileio import atomic_path, cache_dir, locked, write_text
 
 IMAGES, META = "images.npy", "meta.json"  # META is written last: a store without it is not complete
 
@@ -114,27 +114,6 @@ def shrink(folder: Path, rows: int) -> None:
 def write_meta(folder: Path, meta: dict) -> None:
     """The store's `meta.json` (names, failures, modes, sizes): written last, it marks the store complete."""
     write_text(Path(folder) / META, json.dumps(meta))
-
-
-@contextlib.contextmanager
-def locked(path: Path):
-    """An exclusive lock on the file `path` (held by this process until the block ends): processes of one
-    machine that need the same cache entry take turns, so the first makes it and the others find it. Where
-    no lock can be taken (read-only cache, no fcntl), the block runs unlocked: the writes are atomic anyway."""
-    try:
-        import fcntl
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path, "a")
-    except (ImportError, OSError):
-        yield
-        return
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks (some network mounts): unlocked, still atomic
-            pass
-        yield
 
 
 def obtain(ref: StoreRef, fetch: Callable[[Path], bool] | None) -> bool:

@@ -21,7 +21,8 @@ import torch
 
 from ..core.errors import HierTLError
 from ..core.fileio import atomic_path, cache_dir
-from ..data.store import Share, locked
+from ..core.fileio import locked
+from ..data.store import Share
 from . import augment
 from .models import build_backbone
 
