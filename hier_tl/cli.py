@@ -315,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded with results: the exact command
+    if os.environ.get("HIER_TL_CACHE"):  # absolute: trials run in their own working directories
+        os.environ["HIER_TL_CACHE"] = os.path.abspath(os.environ["HIER_TL_CACHE"])
     if args.command == "sweep":  # Ray processes a killed driver left behind
         from .sweep.raycleanup import cleanup
 

@@ -5,6 +5,7 @@ import pytest
 
 from hier_tl.core.errors import SelectionError
 from hier_tl.predict.ensemble import top_trials
+from hier_tl.results.protocols import protocol_column
 
 
 def _trials():
@@ -23,6 +24,18 @@ def _trials():
 ])
 def test_top_trials_of_one_protocol(k, mode, protocol, want):
     assert [t["trial_id"] for t in top_trials(_trials(), "objective", mode, protocol, k)] == want
+
+
+def test_trials_sharing_one_trained_model_are_one_member():
+    from dataclasses import fields
+
+    from hier_tl.train.train_config import TrainConfig
+    base = {f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}
+    rows = [("a", 0.9, 0.001, "msp"), ("b", 0.85, 0.001, "energy"), ("c", 0.8, 0.002, "msp")]  # a, b: one model
+    trials = pd.DataFrame([{**base, "trial_id": t, "final_objective": v, "lr": lr, "novelty_score": s}
+                           for t, v, lr, s in rows])
+    protocol = protocol_column(trials)[0]
+    assert [t["trial_id"] for t in top_trials(trials, "objective", "max", protocol, 2)] == ["a", "c"]
 
 
 def test_no_trial_of_the_protocol_says_so():
@@ -63,5 +76,6 @@ def test_the_report_scores_the_ensemble_beside_its_members_on_validation(sweep, 
     assert main(["report", str(results), "--out", str(tmp_path), "--ensemble", "2"]) == 0
     md = (tmp_path / "report.md").read_text()
     assert "## Ensemble of the 2 best trial(s) of '1 sub held out, val 0.25' on their validation images" in md
+    assert "| model | objective |" in md and "| score | threshold |" in md
     assert "| ensemble of 2 |" in md and "%" in md.split("## Ensemble", 1)[1].split("\n## ", 1)[0]
     assert "Ensemble of the 2 best trial(s)" in (tmp_path / "report.html").read_text()

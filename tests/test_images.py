@@ -169,3 +169,16 @@ def test_decoding_more_than_a_chunk_says_how_far_it_is(tmp_path, monkeypatch, ca
     assert "decoding: 10/10 images (" in err and "\r" not in err
     I.decode_images(sorted(tmp_path.glob("*.png"))[:4], 8, use_cache=False)  # one chunk: nothing said
     assert capsys.readouterr().err == ""
+
+
+def test_the_cache_key_is_the_same_from_any_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "d").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "d" / "0.png")
+    monkeypatch.chdir(tmp_path)  # a trial runs in its own folder: a relative path names the same image
+    assert I._cache_key([Path("d/0.png")], 8) == I._cache_key([tmp_path / "d" / "0.png"], 8)
+
+
+def test_a_dataset_opened_by_a_relative_path_records_where_it_is(synth_copy, monkeypatch):
+    monkeypatch.chdir(synth_copy.parent)
+    ds = D.load_dataset(synth_copy.name)
+    assert ds.root == synth_copy and ds.root.is_absolute()

@@ -168,3 +168,19 @@ def test_a_bad_setting_in_the_environment_is_refused_before_the_data_is_decoded(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "HIER_TL_HEARTBEAT_S='inf' is not a finite number" in err[0]
     assert not (tmp_path / "results" / "k").exists()
+
+
+def test_a_resume_on_changed_images_or_labels_is_refused(tmp_path):
+    import dataclasses
+
+    from hier_tl.core.errors import SweepError
+    from hier_tl.results.storage import Storage
+    from hier_tl.sweep.runner import check_same_data
+    from hier_tl.sweep.sweep_config import SweepConfig
+
+    st = Storage(str(tmp_path), "k")
+    st.write_text("sweep.yaml", yaml.safe_dump({**dataclasses.asdict(SweepConfig(name="k")),
+                                                "provenance": {"dataset": {"sha256": "a" * 64}}}))
+    check_same_data(st, {"dataset": {"sha256": "a" * 64}})  # the same data: resumes
+    with pytest.raises(SweepError, match=r"the dataset changed since this sweep started .* bbbbbbbbbbbb, aaaaaaaaaaaa"):
+        check_same_data(st, {"dataset": {"sha256": "b" * 64}})

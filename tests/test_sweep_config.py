@@ -1,5 +1,6 @@
 """Sweep files: strict parsing with key paths in errors, smoke merging, overrides."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,12 @@ def test_the_cli_stops_a_bad_sweep_with_one_line_and_writes_nothing(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: space.lr.loguniform") and "Traceback" not in err[0]
     assert not (tmp_path / "results").exists()
+
+
+def test_trials_sharing_a_mapped_dataset_count_it_once_not_per_trial(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)  # 16 one-CPU trials at once on a 128 GiB machine
+    sweep = load_sweep(write(tmp_path, {"resources": {"cpu": 1}, "space": {"lr": {"choice": [0.001, 0.01]}}}))
+    with pytest.raises(ConfigError, match=r"memory: 16 trial\(s\) at once"):  # 12 GiB each, in memory
+        sweep.check_memory(1_000_000, 64, 128 * 2**30, None)
+    sweep.check_memory(1_000_000, 64, 128 * 2**30, None, shared=True)  # one mapped store: fits
+    sweep.check_memory(3_000_000, 64, 16 * 2**30, None, shared=True)  # larger than memory: paged from disk

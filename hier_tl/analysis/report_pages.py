@@ -117,12 +117,12 @@ class Page:
     def _ensemble_heading(self) -> str:
         e = self.ensemble
         return (f"Ensemble of the {len(e) - 1} best trial(s) of '{e.protocol.iloc[0]}' on their validation images "
-                f"({e.score.iloc[0]} at {e.threshold.iloc[0]}, resolved on those images)")
+                "(each member by its own novelty rule, the ensemble by the best one's, resolved on those images)")
 
     def _ensemble_cells(self) -> list[list[str]]:
         from .report import cell
 
-        cols = [c for c in self.ensemble.columns if c not in ("protocol", "score", "threshold")]
+        cols = [c for c in self.ensemble.columns if c != "protocol"]
         return [cols] + [[cell(c, r[c]) for c in cols] for _, r in self.ensemble.iterrows()]
 
     def _blocks(self):

@@ -196,7 +196,7 @@ def read_layout(root: Path | str) -> tuple[Taxonomy | None, list[_Row], list[str
 
 def load_dataset(root: Path | str, image_size: int = 64, use_cache: bool = True) -> Dataset:
     """Validate and decode the labelled training set; raises `DataError` listing every problem found."""
-    root = Path(root)
+    root = Path(root).absolute()  # trials, in other working directories, may open it again
     taxonomy, rows, problems, notes = read_layout(root)
     images_dir = root / TRAIN_DIR
     paths, kept = [], []

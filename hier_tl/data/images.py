@@ -88,9 +88,9 @@ def _decodes(path: Path, size: int) -> bool:
 
 def _cache_key(paths: list[Path], size: int) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}|{size}".encode())
-    for p in paths:
+    for p in map(os.path.abspath, paths):  # the same images, whatever the working directory
         try:
-            st = p.stat()
+            st = os.stat(p)
             h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         except OSError:
             h.update(f"{p}|missing\n".encode())

@@ -85,7 +85,11 @@ def writing(folder: Path, shape: tuple) -> Iterator[np.ndarray]:
     with atomic_path(Path(folder) / IMAGES) as tmp:
         with open(tmp, "wb") as f:  # the header, then the whole array's blocks reserved
             np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)})
-            os.posix_fallocate(f.fileno(), 0, f.tell() + int(np.prod(shape)))
+            size = f.tell() + int(np.prod(shape))
+            if hasattr(os, "posix_fallocate"):  # blocks reserved: a full disk fails here, not midway
+                os.posix_fallocate(f.fileno(), 0, size)
+            else:  # macOS: a sparse file of the right size
+                f.truncate(size)
         arr = np.lib.format.open_memmap(tmp, mode="r+")
         try:
             yield arr

@@ -10,7 +10,7 @@ superclass level keeps the trials' mean `super_margin` (`refit._transfer`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import pandas as pd
 import torch
@@ -23,14 +23,16 @@ from ..results.protocols import decision, within
 from ..results.reading import Results, load_results, metric_column, trial_checkpoint
 from ..train.combine import combine
 from ..train.metrics import NEW_BREED_SUPER, NEW_SUB, evaluate, threshold_at_margin, thresholds_for
-from ..train.train_config import TrainConfig
+from ..train.train_config import NOVELTY_KEYS, TrainConfig
 from .predict import Predictor, decide, write_predictions
 from .refit import refit
 
 
 def top_trials(trials: pd.DataFrame, metric: str, mode: str, protocol: str, k: int = 3) -> list[pd.Series]:
     """The `k` best trials of validation `protocol` (a `protocol_label`) by final-epoch `metric` (`mode`), among
-    those with a finite value; ties go to the earlier trial. SelectionError when none has a value."""
+    those with a finite value; ties go to the earlier trial. A trial whose training config equals a better
+    one's (they differ only in novelty score or threshold, so they share one trained model) is no new member.
+    SelectionError when none has a value."""
     col = metric_column(trials, metric)
     same = within(trials, protocol)
     values = pd.to_numeric(same[col], errors="coerce")
@@ -38,7 +40,12 @@ def top_trials(trials: pd.DataFrame, metric: str, mode: str, protocol: str, k: i
     if same.empty:
         raise SelectionError(f"no trial of protocol {protocol!r} has a value for {metric!r} to rank an ensemble by")
     order = pd.to_numeric(same[col]).sort_values(ascending=(mode == "min"), kind="stable").index
-    return [same.loc[i] for i in order[:k]]
+    trained = [f.name for f in fields(TrainConfig) if f.name not in NOVELTY_KEYS]
+    model = (lambda r: tuple(str(r[c]) for c in trained)) if set(trained) <= set(same.columns) else (lambda r: r.name)
+    chosen: dict = {}
+    for i in order:
+        chosen.setdefault(model(same.loc[i]), same.loc[i])
+    return list(chosen.values())[:k]
 
 
 @dataclass
@@ -128,11 +135,11 @@ def validate_ensemble(source: str, k: int, data_dir: str | None = None, protocol
     synth = from_dict(SynthSpec, res.meta.get("synthetic") or {})
     data = load_source(data_dir or res.meta.get("data", "synthetic"), synth)
     members = [Predictor.from_checkpoint(c, name=t["trial_id"]) for c, t in zip(ckpts, trials)]
-    cfg = from_dict(TrainConfig, ckpts[0]["config"])
-    outs = shared_validation(members, cfg, data)
-    named = [*zip((t["trial_id"] for t in trials), outs), (f"ensemble of {len(outs)}", combine(outs))]
+    cfgs = [from_dict(TrainConfig, c["config"]) for c in ckpts]
+    outs = shared_validation(members, cfgs[0], data)
+    named = [*zip((t["trial_id"] for t in trials), outs, cfgs), (f"ensemble of {len(outs)}", combine(outs), cfgs[0])]
     rows = []
-    for name, out in named:
+    for name, out, cfg in named:  # each member by its own rule, as its trial was scored; the ensemble by member 0's
         m = evaluate(out, out.space, cfg.novelty_score, cfg.threshold)
         rows.append({"model": name, **{col: m.get(key) for col, key in SCORED.items()},
                      "score": cfg.novelty_score, "threshold": str(cfg.threshold)})

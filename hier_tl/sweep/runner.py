@@ -189,9 +189,11 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
     try:
         recorder = Recorder(storage, sweep, lease=lease, log=log_path(storage))  # its settings checked first
         data = load_source(sweep.data, sweep.synthetic)
-        sweep.check_memory(len(data), data.images.shape[-1], *machine_memory())
+        sweep.check_memory(len(data), data.images.shape[-1], *machine_memory(), shared=data.store is not None)
         print(f"data: {len(data)} images decoded once ({time.time() - t0:.1f} s); results: {storage.uri}", flush=True)
         prov = provenance(sweep, data, command, sweep_file)
+        if resume:
+            check_same_data(storage, prov)
         _fit(sweep, storage, data, resume, address, recorder, prov)
     except BaseException:
         if not resume and not (recorder and recorder.started):
@@ -200,6 +202,15 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
     finally:
         lease.release()
     return _conclude(sweep, storage, resume_cmd, time.time() - t0)
+
+
+def check_same_data(storage: Storage, prov: dict) -> None:
+    """A resumed sweep trains on the images and labels it started with: finished trials were ranked on them."""
+    was = ((stored_sweep_file(storage).get("provenance") or {}).get("dataset") or {}).get("sha256")
+    now = prov["dataset"]["sha256"]
+    if was and was != now:
+        raise SweepError(f"the dataset changed since this sweep started (its images and labels hash to {now[:12]}, "
+                         f"{was[:12]} then): restore it, or start a new sweep (another --name)")
 
 
 def _forget_refused_start(storage: Storage, existed: bool) -> None:

@@ -133,10 +133,13 @@ class SweepConfig:
             raise ConfigError(f"space: search.algo {self.search.algo} needs at least one key to search "
                               "(or use search.algo random with num_samples for repeats)")
 
-    def check_memory(self, n_images: int, side: int, host_bytes: int, gpu_bytes: int | None) -> None:
+    def check_memory(self, n_images: int, side: int, host_bytes: int, gpu_bytes: int | None,
+                     shared: bool = False) -> None:
         """Refuse trials that could not fit: the dataset as uint8 plus the activations of one training batch
         (batch x 3 x image_size^2 x 4 bytes x the backbone's `act_mult`, a measured rough factor), for every
-        trial that may run at once on a node. An estimate meant to catch typos (image_size 2240), not to pack."""
+        trial that may run at once on a node. `shared`: the dataset is a mapped store, which the trials of a
+        node share through the page cache (and which a GPU takes only where it fits): activations alone count.
+        An estimate meant to catch typos (image_size 2240), not to pack."""
         from ..train.registries import BACKBONES
 
         worst = 0
@@ -145,7 +148,7 @@ class SweepConfig:
             act = max(cfg.batch_size, cfg.eval_batch_size // 4) * 3 * size * size * 4 * \
                 BACKBONES.meta(cfg.backbone).get("act_mult", 160)
             worst = max(worst, act)
-        data = n_images * 3 * side * side
+        data = 0 if shared else n_images * 3 * side * side
         on_gpu = self.resources.gpu > 0 and gpu_bytes
         per_node = max(1, int(1 / self.resources.gpu)) if on_gpu else max(1, int(os.cpu_count() // self.resources.cpu))
         per_node = min(per_node, self.max_concurrent or per_node)

@@ -115,7 +115,7 @@ def train_one_epoch(model, opt, sched, X, y_sup, y_sub, idx, cfg: TrainConfig, n
     """One pass over `idx` (row indices where X and the labels are: the device, or the host when X does not
     fit there); returns the summed loss as a device tensor."""
     model.train()
-    order = idx[torch.randperm(len(idx), device=idx.device)]
+    order = idx[torch.randperm(len(idx)).to(idx.device)]  # the CPU's stream, wherever the data was placed
     total = torch.zeros((), device=device)
     for start in range(0, len(order), cfg.batch_size):
         b = order[start:start + cfg.batch_size]
