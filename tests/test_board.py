@@ -47,6 +47,15 @@ def test_trials_update_the_named_actor_and_the_driver_reads_it(tmp_path):
         ray.get(found.update.remote("t1", "training", 1, 4))
         assert {k: v[:3] for k, v in read_board(board).items()} == {"t1": ("training", 1, 4)}
         ray.kill(board)
+        deadline = time.time() + 60  # ray.kill returns before the actor is gone: wait until it is
+        while time.time() < deadline:
+            try:
+                ray.get(board.snapshot.remote(), timeout=5)
+            except ray.exceptions.RayActorError:
+                break
+            except ray.exceptions.GetTimeoutError:
+                continue
+            time.sleep(0.1)
         t0 = time.perf_counter()
         assert read_board(board, timeout=1.0) == {}  # a dead board: no phases, and no wait beyond the timeout
         assert time.perf_counter() - t0 < 5

@@ -58,7 +58,7 @@ def test_the_billion_laughs_is_refused_at_once(tmp_path):
     assert len(text.encode()) < 1024
     t0 = time.perf_counter()
     message = refusal(write(tmp_path, text))
-    assert time.perf_counter() - t0 < 1.0
+    assert time.perf_counter() - t0 < 5.0  # unbounded, it would take hours and all memory
     assert "aliases (*name) expand to more than 100,000 values" in message
 
 
