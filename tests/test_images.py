@@ -152,7 +152,7 @@ def test_a_damaged_cache_is_decoded_again(tmp_path, monkeypatch, case):
     paths = _folder(tmp_path / "imgs", 6, 1)
     first = I.decode_images(paths, 32)
     want = first.images.clone()  # a copy: damaging the file in place would pull the pages from under a mapping
-    (cdir,) = (tmp_path / "cache").iterdir()
+    (cdir,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # (beside it: its lock file)
     CACHE_DAMAGE[case](cdir)
     again = I.decode_images(paths, 32)
     assert again.names == first.names and again.failed.keys() == first.failed.keys()
@@ -182,3 +182,33 @@ def test_a_dataset_opened_by_a_relative_path_records_where_it_is(synth_copy, mon
     monkeypatch.chdir(synth_copy.parent)
     ds = D.load_dataset(synth_copy.name)
     assert ds.root == synth_copy and ds.root.is_absolute()
+
+
+@pytest.mark.slow
+def test_processes_decoding_the_same_new_dataset_together_decode_it_once(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "imgs").mkdir()
+    _folder(tmp_path / "imgs", 6, 0)
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from hier_tl.data import images as I
+        real = I._decode_one
+        def counted(path, size):
+            with open({str(tmp_path / "decoded.log")!r}, "a") as f:
+                f.write(path.name + "\\n")
+            time.sleep(0.1)
+            return real(path, size)
+        I._decode_one = counted
+        got = I.decode_images(sorted(Path({str(tmp_path / "imgs")!r}).iterdir()), 16)
+        print(len(got.names), got.store is not None)
+    """)
+    env = {**os.environ, "HIER_TL_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env, text=True)
+             for _ in range(3)]
+    assert [p.communicate(timeout=120)[0].split() for p in procs] == [["6", "True"]] * 3
+    assert len((tmp_path / "decoded.log").read_text().split()) == 6  # each image decoded once, by one process

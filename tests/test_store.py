@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _write(folder: Path, n: int, side: int = 8) -> np.ndarray:
     want = np.arange(n * 3 * side * side, dtype=np.int64).reshape(n, 3, side, side).astype(np.uint8)
-    with store.writing(folder, want.shape) as arr:
-        arr[:] = want
+    with store.writing(folder, want.shape) as new:
+        new.array[:] = want
     store.write_meta(folder, {"names": [f"{i}.jpg" for i in range(n)], "failed": {}, "modes": {}, "sizes": {}})
     return want
 
@@ -62,9 +62,12 @@ def test_an_incomplete_or_foreign_store_is_not_complete(tmp_path, case):
 
 
 @pytest.mark.parametrize("keep", [0, 1, 3, 5])
-def test_shrink_keeps_the_first_rows_in_place(tmp_path, keep):
-    want = _write(tmp_path / "s", 5)
-    store.shrink(tmp_path / "s", keep)
+def test_a_store_keeps_the_rows_its_writer_kept_before_it_is_in_place(tmp_path, keep):
+    want = np.arange(5 * 3 * 8 * 8, dtype=np.int64).reshape(5, 3, 8, 8).astype(np.uint8)
+    with store.writing(tmp_path / "s", want.shape) as new:
+        new.array[:] = want
+        new.rows = keep
+        assert not (tmp_path / "s" / store.IMAGES).exists()  # nothing in place until it is cut
     got = store.open_images(tmp_path / "s", (keep, 3, 8, 8))
     assert np.array_equal(got.numpy(), want[:keep])
     assert (tmp_path / "s" / store.IMAGES).stat().st_size == 128 + keep * 3 * 8 * 8  # the 128-byte header
@@ -89,8 +92,8 @@ def test_processes_asking_together_fetch_a_store_once(tmp_path):
         def fetch(folder):
             calls.append(1)
             time.sleep(0.5)
-            with store.writing(folder, ref.shape) as arr:
-                arr[:] = 7
+            with store.writing(folder, ref.shape) as new:
+                new.array[:] = 7
             store.write_meta(folder, {})
             return True
         assert store.obtain(ref, fetch) and int(store.open_images(ref.folder, ref.shape).sum()) == 7 * 4 * 3 * 64
@@ -141,9 +144,9 @@ def _layout(root: Path, n: int, side: int) -> Path:
     (root / "superclass_mapping.csv").write_text("index,class\n0,a\n1,b\n2,novel\n")
     (root / "subclass_mapping.csv").write_text("index,class\n0,a0\n1,a1\n2,b0\n3,b1\n4,novel\n")
     folder = I.cache_dir() / I._cache_key([root / "train_images" / m for m in names], side)
-    with store.writing(folder, (n, 3, side, side)) as arr:
+    with store.writing(folder, (n, 3, side, side)) as new:
         for i in range(0, n, 64):
-            arr[i:i + 64] = (np.arange(i, min(i + 64, n)) % 4 * 60).astype(np.uint8)[:, None, None, None]
+            new.array[i:i + 64] = (np.arange(i, min(i + 64, n)) % 4 * 60).astype(np.uint8)[:, None, None, None]
     store.write_meta(folder, {"names": names, "failed": {}, "modes": {"RGB": n}, "sizes": {f"{side}x{side}": n}})
     return folder / store.IMAGES
 

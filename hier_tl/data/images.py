@@ -27,9 +27,9 @@ import torch
 from PIL import Image
 
 from ..core.errors import ConfigError, DataError, HierTLError
-from ..core.fileio import cache_dir, first_line
+from ..core.fileio import cache_dir, first_line, locked
 from ..core.progressbar import progress
-from .store import META, StoreRef, shrink, write_meta, writing
+from .store import META, StoreRef, write_meta, writing
 from .store import open_images as open_store
 
 CACHE_VERSION = 1
@@ -115,7 +115,8 @@ def decode_images(paths: list[Path], size: int, use_cache: bool = True, names: l
     notes, why = [], ""
     if use_cache:
         try:
-            return _decode_to_store(cdir, paths, names, size)
+            with locked(cdir.with_name(f"{cdir.name}.decode.lock")):  # processes decoding together: one decodes
+                return _read_cache(cdir, paths, names, size) or _decode_to_store(cdir, paths, names, size)
         except (OSError, HierTLError) as e:
             why = f"the image cache at {cdir} cannot hold them: {first_line(e, 120)}"
             notes.append(f"could not write the image cache at {cdir} ({e}); images will be decoded again next time")
@@ -127,11 +128,9 @@ def decode_images(paths: list[Path], size: int, use_cache: bool = True, names: l
 
 def _decode_to_store(cdir: Path, paths: list[Path], names: list[str], size: int) -> ImageSet:
     """Decode into a new store at `cdir` (preallocated on disk; shrunk to the images that decode) and map it."""
-    with writing(cdir, (len(paths), 3, size, size)) as out:
-        kept, (names, failed, modes, sizes) = _decode_all(paths, names, size, out)
-        del out
-    if kept < len(paths):
-        shrink(cdir, kept)
+    with writing(cdir, (len(paths), 3, size, size)) as new:
+        kept, (names, failed, modes, sizes) = _decode_all(paths, names, size, new.array)
+        new.rows = kept
     write_meta(cdir, {"names": names, "failed": failed, "modes": modes, "sizes": sizes})
     shape = (kept, 3, size, size)
     return ImageSet(open_store(cdir, shape), names, failed, modes, sizes, store=StoreRef(cdir.name, shape))

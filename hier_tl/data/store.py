@@ -77,11 +77,20 @@ def complete(folder: Path, shape: tuple | None = None) -> bool:
         return False
 
 
+class NewStore:
+    """A store being written: its `array` (a writable mapping) and the `rows` to keep when the block ends
+    (all of them unless the writer lowers it: images that did not decode)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.rows = array, len(array)
+
+
 @contextlib.contextmanager
-def writing(folder: Path, shape: tuple) -> Iterator[np.ndarray]:
-    """`with writing(folder, shape) as arr: arr[i] = ...`: the new store's array, a writable mapping of a file
-    preallocated on disk (OSError, e.g. ENOSPC, before anything is written), renamed into place as
-    `folder/images.npy` when the block ends, complete or not at all. `meta.json` is the caller's to write."""
+def writing(folder: Path, shape: tuple) -> Iterator[NewStore]:
+    """`with writing(folder, shape) as new: new.array[i] = ...; new.rows = kept`: a file preallocated on disk
+    (OSError, e.g. ENOSPC, before anything is written), cut to its first `new.rows` images, then renamed into
+    place as `folder/images.npy` when the block ends: complete or not at all, never changed once in place.
+    `meta.json` is the caller's to write."""
     with atomic_path(Path(folder) / IMAGES) as tmp:
         with open(tmp, "wb") as f:  # the header, then the whole array's blocks reserved
             np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)})
@@ -90,17 +99,18 @@ def writing(folder: Path, shape: tuple) -> Iterator[np.ndarray]:
                 os.posix_fallocate(f.fileno(), 0, size)
             else:  # macOS: a sparse file of the right size
                 f.truncate(size)
-        arr = np.lib.format.open_memmap(tmp, mode="r+")
+        new = NewStore(np.lib.format.open_memmap(tmp, mode="r+"))
         try:
-            yield arr
-            arr.flush()
+            yield new
+            new.array.flush()
         finally:
-            del arr
+            new.array = None  # unmapped before the file is cut
+        if new.rows < shape[0]:
+            _shrink(tmp, new.rows)
 
 
-def shrink(folder: Path, rows: int) -> None:
-    """Keep the first `rows` images of the store's array (a rewritten header and a truncated file, no copy)."""
-    path = Path(folder) / IMAGES
+def _shrink(path: Path, rows: int) -> None:
+    """Keep the first `rows` images of the array in `path` (a rewritten header and a truncated file, no copy)."""
     with open(path, "r+b") as f:
         shape, _, _ = np.lib.format.read_array_header_1_0(f) if np.lib.format.read_magic(f) == (1, 0) else \
             np.lib.format.read_array_header_2_0(f)
