@@ -63,9 +63,9 @@ def write_dataset(root: Path, n: int, side: int) -> None:
     (root / "superclass_mapping.csv").write_text("index,class\n0,a\n1,b\n2,novel\n")
     (root / "subclass_mapping.csv").write_text("index,class\n0,a0\n1,a1\n2,b0\n3,b1\n4,novel\n")
     folder = images.cache_dir() / images._cache_key([root / "train_images" / m for m in names], side)
-    with writing(folder, (n, 3, side, side)) as arr:
+    with writing(folder, (n, 3, side, side)) as new:
         for i in range(0, n, 64):
-            arr[i:i + 64] = (np.arange(i, min(i + 64, n)) % 4 * 60).astype(np.uint8)[:, None, None, None]
+            new.array[i:i + 64] = (np.arange(i, min(i + 64, n)) % 4 * 60).astype(np.uint8)[:, None, None, None]
     write_meta(folder, {"names": names, "failed": {}, "modes": {"RGB": n}, "sizes": {f"{side}x{side}": n}})
 
 

@@ -3,6 +3,7 @@ complete only with its meta.json, shrinks in place, and is fetched once per mach
 dataset larger than the memory it may use."""
 
 import errno
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -132,23 +133,15 @@ TRAIN = textwrap.dedent("""
 
 
 def _layout(root: Path, n: int, side: int) -> Path:
-    """A dataset folder whose decoded store is written directly (image i a grey of level i % 4, its subclass): its
-    image files are empty placeholders, never decoded (the store is the decode cache of their names, sizes
-    and times)."""
-    (root / "train_images").mkdir(parents=True)
-    names = [f"{i}.jpg" for i in range(n)]
-    for name in names:
-        (root / "train_images" / name).touch()
-    (root / "train_data.csv").write_text("image,superclass_index,subclass_index\n" +
-                                         "".join(f"{m},{i % 4 // 2},{i % 4}\n" for i, m in enumerate(names)))
-    (root / "superclass_mapping.csv").write_text("index,class\n0,a\n1,b\n2,novel\n")
-    (root / "subclass_mapping.csv").write_text("index,class\n0,a0\n1,a1\n2,b0\n3,b1\n4,novel\n")
-    folder = I.cache_dir() / I._cache_key([root / "train_images" / m for m in names], side)
-    with store.writing(folder, (n, 3, side, side)) as new:
-        for i in range(0, n, 64):
-            new.array[i:i + 64] = (np.arange(i, min(i + 64, n)) % 4 * 60).astype(np.uint8)[:, None, None, None]
-    store.write_meta(folder, {"names": names, "failed": {}, "modes": {"RGB": n}, "sizes": {f"{side}x{side}": n}})
-    return folder / store.IMAGES
+    """A dataset folder whose decoded store is written directly (image i a grey of level i % 4, its subclass):
+    its image files are empty placeholders, never decoded; the benchmark's own helper (bench/data_store.py),
+    so the benchmark's data path is tested too. Returns the store's images file."""
+    spec = importlib.util.spec_from_file_location("data_store_bench", ROOT / "bench" / "data_store.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.write_dataset(root, n, side)
+    names = [root / "train_images" / f"{i}.jpg" for i in range(n)]
+    return I.cache_dir() / I._cache_key(names, side) / store.IMAGES
 
 
 @pytest.mark.slow
