@@ -38,6 +38,19 @@ def test_eta_shares_the_epochs_left_among_the_running_trials():
     assert eta_seconds(TrialLedger("objective", "max"), planned=5, max_epochs=4) is None  # nothing timed yet
 
 
+def test_eta_follows_the_pace_now_not_a_slow_first_epoch():
+    # a first epoch of 100 s (reference features, a busy machine), then 10 s epochs: 3 epochs left at 10 s
+    clock = Clock()
+    led = TrialLedger("objective", "max", clock)
+    led.start("a", config_columns(TrainConfig(epochs=5)))
+    led.result("a", 1, {"objective": 0.5, "epoch_time": 100.0})
+    assert eta_seconds(led, planned=1, max_epochs=5) == 400.0  # one epoch timed: the mean is all there is
+    led.result("a", 2, {"objective": 0.6, "epoch_time": 10.0})
+    assert eta_seconds(led, planned=1, max_epochs=5) == 30.0
+    led.result("a", 2, {"objective": 0.6, "epoch_time": 12.0})  # a re-report of epoch 2 (restored) replaces it
+    assert eta_seconds(led, planned=1, max_epochs=5) == 36.0
+
+
 def test_the_line_says_trials_done_of_planned_each_epoch_and_phase_and_the_eta():
     phases = {"b": ("reference features", 1536, 5029, 0.0)}
     line = progress_line(ledger(Clock()), planned=5, max_epochs=4, elapsed=12, metric="objective", mode="max",

@@ -142,6 +142,16 @@ class TrialLedger:
         """Ids of the trials running now."""
         return [tid for tid, row in self._rows.items() if row["status"] == "running"]
 
+    def recent_epoch_s(self) -> list[float]:
+        """Compute seconds of the latest epoch of each running trial that has run two or more: the pace now,
+        without the one-time costs of a first epoch (decoding, reference features) or an earlier slow spell."""
+        paces = []
+        for tid in self.running():
+            marks = self._state[tid].marks
+            if len(marks) >= 2 and marks[-1].epoch > marks[-2].epoch:
+                paces.append((marks[-1].compute - marks[-2].compute) / (marks[-1].epoch - marks[-2].epoch))
+        return [s for s in paces if s > 0]
+
     def pop_changed(self) -> list[dict]:
         """Copies of the rows that changed since the last call (append them to the trials table); clears."""
         changed, self._changed, self.dirty = self._changed, {}, False

@@ -19,20 +19,23 @@ from ..train.train_config import protocol_label
 
 
 def eta_seconds(ledger: TrialLedger, planned: int, max_epochs: int) -> float | None:
-    """Remaining wall time, estimated once an epoch has been timed: the mean seconds per epoch, times the
-    epochs still to run (running trials to their end; trials not started yet as long as finished trials ran
-    on average, or `max_epochs` while none has finished), shared among the trials running at once."""
+    """Remaining wall time, estimated once an epoch has been timed: seconds per epoch, times the epochs still
+    to run (running trials to their end; trials not started yet as long as finished trials ran on average, or
+    `max_epochs` while none has finished), shared among the trials running at once. Seconds per epoch: the
+    running trials' latest epochs once they have run two (the pace now), else the mean of every epoch."""
     rows = ledger.rows()
     ran = sum(int(r.get("epochs_run") or 0) for r in rows)
     compute = sum(float(r.get("compute_s") or 0.0) for r in rows)
     if ran == 0 or compute <= 0:
         return None
+    recent = ledger.recent_epoch_s()
+    per_epoch = sum(recent) / len(recent) if recent else compute / ran
     done = [r for r in rows if r["status"] in ("completed", "stopped", "errored")]
     per_trial = (sum(int(r.get("epochs_run") or 0) for r in done) / len(done)) if done else max_epochs
     running = [r for r in rows if r["status"] == "running"]
     left = sum(max(0, max_epochs - int(r.get("epochs_run") or 0)) for r in running)
     left += max(0, planned - len(done) - len(running)) * per_trial
-    return left * compute / ran / max(1, len(running))
+    return left * per_epoch / max(1, len(running))
 
 
 def _duration(s: float) -> str:
