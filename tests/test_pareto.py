@@ -77,7 +77,24 @@ def test_seen_vs_novel_writes_png_with_chosen_star(tmp_path):
     try:
         assert pareto._draw_level(ax, df, chosen, "super")
         assert "chosen" in ax.get_legend_handles_labels()[1]
-        assert any("msp @ 3" in t.get_text() and "b" in t.get_text() for t in ax.texts)
+        assert any(t.get_text().split("\n") == ["msp", "@ 3", "b"] for t in ax.texts)  # score, rule, trial
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("seen, novel", [(0.99, 0.97), (0.99, 0.02), (0.01, 0.99), (0.02, 0.03), (0.5, 0.5)])
+def test_the_chosen_points_label_stays_inside_its_panel(seen, novel):
+    # a long score name at a corner (a tpr:0.99 point sits at the right edge) must not spill onto the next panel
+    df = _thresholds([("4349f_00002", seen, novel), ("a", 0.3, 0.3)])
+    df["score"] = "pretrained_hier_hgauss"
+    df["threshold"] = "tpr:0.99/tpr:0.965"
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    try:
+        assert pareto._draw_level(ax, df, {"trial_id": "4349f_00002", "score": "pretrained_hier_hgauss",
+                                            "threshold": "tpr:0.99/tpr:0.965"}, "super")
+        fig.canvas.draw()
+        box, panel = ax.texts[-1].get_window_extent(), ax.get_window_extent()
+        assert panel.x0 <= box.x0 and box.x1 <= panel.x1 and panel.y0 <= box.y0 and box.y1 <= panel.y1
     finally:
         plt.close(fig)
 

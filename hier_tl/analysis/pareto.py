@@ -104,8 +104,11 @@ def _draw_level(ax: Any, thresholds: pd.DataFrame, chosen: dict | None, level: s
     if row is not None and None not in (_finite(row.get(seen_c)), _finite(row.get(novel_c))):
         x, y = 100 * float(row[seen_c]), 100 * float(row[novel_c])
         ax.scatter([x], [y], marker="*", s=260, c="C3", zorder=5, label="chosen")
-        ax.annotate(f"{row.get('score', '')} @ {row.get('threshold', '')}\n{row['trial_id']}",
-                    (x, y), xytext=(8, -18), textcoords="offset points", fontsize=8)
+        right, low = x > 50, y < 50  # the label goes towards the middle: it stays inside the panel
+        ax.annotate(f"{row.get('score', '')}\n@ {row.get('threshold', '')}\n{row['trial_id']}", (x, y),
+                    xytext=(-10 if right else 10, 10 if low else -10), textcoords="offset points", fontsize=8,
+                    ha="right" if right else "left", va="bottom" if low else "top",
+                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
     elif chosen:
         ax.text(0.02, 0.02, "chosen point has no novel accuracy here", transform=ax.transAxes,
                 fontsize=8)
