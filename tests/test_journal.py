@@ -216,13 +216,16 @@ def _study(port: int) -> dict | None:
         return None
 
 
+EPOCHS = 24  # long enough for the dashboard to start and see the first trial running on a loaded machine
+
+
 @pytest.mark.slow
 def test_optuna_dashboard_shows_running_then_pruned_trials_with_times_and_the_metric_name(tmp_path):
     """lr grid [0.01, 0.001], one trial at a time, ASHA on the reported learning rate (constant schedule): the
     second trial is stopped after its first epoch whatever the training does."""
     spec = {**SPEC, "name": "d", "storage": str(tmp_path / "results"), "num_samples": 1, "max_concurrent": 1,
             "synthetic": {"seed": 1, "subs_per_super": 2, "per_class": 24, "test_per_class": 2, "size": 32},
-            "base": {**SPEC["base"], "epochs": 8, "batch_size": 16, "schedule": "constant", "warmup_epochs": 0},
+            "base": {**SPEC["base"], "epochs": EPOCHS, "batch_size": 16, "schedule": "constant", "warmup_epochs": 0},
             "space": {"lr": {"grid": [0.01, 0.001]}}, "search": {"algo": "grid"},
             "scheduler": {"kind": "asha", "metric": "current_lr", "mode": "max", "grace_period": 1,
                           "reduction_factor": 2}}
@@ -257,7 +260,7 @@ def test_optuna_dashboard_shows_running_then_pruned_trials_with_times_and_the_me
     by_lr = {rows.loc[{a["key"]: a["value"] for a in t["user_attrs"]}["trial_id"], "lr"]: t for t in study["trials"]}
     assert by_lr[0.01]["state"] == "Complete" and by_lr[0.01]["values"] == [0.01]
     assert by_lr[0.001]["state"] == "Pruned" and by_lr[0.001]["values"] == [0.001]
-    assert [v["step"] for v in by_lr[0.01]["intermediate_values"]] == list(range(1, 9))
+    assert [v["step"] for v in by_lr[0.01]["intermediate_values"]] == list(range(1, EPOCHS + 1))
     assert [v["step"] for v in by_lr[0.001]["intermediate_values"]] == [1]
     for t in study["trials"]:
         start, end = (datetime.fromisoformat(t[k]) for k in ("datetime_start", "datetime_complete"))
