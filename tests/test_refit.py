@@ -30,3 +30,7 @@ def test_predict_with_refit(sweep, tmp_path):
     assert cal["super_margin"] == cal["super_margin"] and cal["super_threshold"] == last["threshold_super"]
     assert "super_recalibrated" in cal
     assert not list((results / "refit").glob("*/*.tmp"))
+    # what a user can expect on new images of known classes: the held-back images scored with the final thresholds
+    held = cal["held_back"]
+    assert held["images"] > 0 and 0 <= held["seen_sub_acc"] <= held["closed_sub_acc"] <= 1
+    assert 0 <= held["seen_super_acc"] <= held["closed_super_acc"] <= 1

@@ -14,7 +14,7 @@ from ..data.synthetic import SynthSpec, load_source
 from ..data.taxonomy import NOVEL
 from ..results.reading import Results, trial_checkpoint
 from ..train import checkpoint
-from ..train.metrics import SUPER_MARGIN, threshold_at_margin
+from ..train.metrics import LEVELS, SUPER_MARGIN, acc_key, evaluate, threshold_at_margin
 from ..train.train_config import TrainConfig
 from ..train.trainer import fit
 
@@ -69,10 +69,27 @@ def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print) -> di
         state["calibration"] = {"method": "the sweep trial's thresholds", "rule": rule}
     log(f"refit: thresholds superclass {final['threshold_super']:.4g}, subclass {final['threshold_sub']:.4g} "
         f"({state['calibration']['method']}; the sweep trial had {thresholds[0]:.4g}, {thresholds[1]:.4g})")
+    if recalibrate:
+        _held_back(state, saved["outputs"], cfg.novelty_score, log)
     rel = f"refit/{trial['trial_id']}/checkpoint.pt"
     res.storage.write_bytes(rel, checkpoint.to_bytes(state))
     log(f"refit: saved {res.storage.file_uri(rel)}")
     return state
+
+
+def _held_back(state: dict, out, score: str, log) -> None:
+    """Score the refit on its held-back calibration images (every class trained) with its final thresholds: the
+    seen accuracies a user can expect on new images of known classes, printed and kept in the checkpoint."""
+    final = state["history"][-1]
+    rule = f"{final['threshold_super']!r}/{final['threshold_sub']!r}"
+    m = evaluate(out, out.space, score, rule)
+    closed = {lvl: float((out.logits(lvl).argmax(1) == out.target(lvl)).float().mean()) for lvl in LEVELS}
+    held = {"images": int(len(out.super_target)), "seen_super_acc": m[acc_key("super")],
+            "seen_sub_acc": m[acc_key("sub")], "closed_super_acc": closed["super"], "closed_sub_acc": closed["sub"]}
+    state["calibration"]["held_back"] = held
+    log(f"refit: on its {held['images']} held-back images (every class trained) seen superclass "
+        f"{held['seen_super_acc']:.1%}, seen subclass {held['seen_sub_acc']:.1%} with these thresholds "
+        f"(closed-set: {held['closed_super_acc']:.1%}, {held['closed_sub_acc']:.1%})")
 
 
 def _transfer(state: dict, out, score: str, margin: float, log) -> None:
