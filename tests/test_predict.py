@@ -195,3 +195,33 @@ def test_damaged_validation_outputs_are_one_line_naming_them(trained, tmp_path, 
     assert main(["predict", str(run), "--images", str(trained), "--out", str(out), "--threshold", "tpr:0.9"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and str(run / "val_outputs.pt") in err[0] and not out.exists()
+
+
+def test_a_sweep_trials_threshold_grid_resolves_rules_its_checkpoint_cannot(trained, tmp_path):
+    """A sweep trial's checkpoint holds no validation outputs, but its sweep resolved a grid of rules at every
+    epoch (thresholds.parquet): `--threshold tpr:0.99/tpr:0.98` takes each level's value from there."""
+    bare = _no_outputs(trained, tmp_path)
+    grid = {"super": {"tpr:0.99": -7.5, "0.3": 0.3}, "sub": {"tpr:0.98": -2.25, "0.3": 0.3}}
+    p = Predictor.from_checkpoint(bare / "checkpoint.pt", "tpr:0.99/tpr:0.98", grid=grid)
+    assert (p.thr_super, p.thr_sub) == (-7.5, -2.25)
+    from hier_tl.core.errors import CheckpointError
+    with pytest.raises(CheckpointError, match=r"subclass rule tpr:0.9 .*grid did not resolve it \(it did: 0.3, tpr:0.98\)"):
+        Predictor.from_checkpoint(bare / "checkpoint.pt", "tpr:0.99/tpr:0.9", grid=grid)
+
+
+@pytest.mark.slow
+def test_the_threshold_grid_of_a_sweep_matches_what_its_trials_recorded(sweep, tmp_path):
+    from hier_tl.results.reading import load_results, threshold_grid, trial_checkpoint
+
+    results, data = sweep
+    res = load_results(str(results), tables=())
+    t = res.trials.iloc[0]
+    ckpt, _ = trial_checkpoint(res.storage, t)
+    last, score = ckpt["history"][-1], ckpt["config"]["novelty_score"]
+    grid = threshold_grid(res, t["trial_id"], int(ckpt["epoch"]), score)
+    assert grid["super"]["tpr:0.95"] == pytest.approx(last["threshold_super"])  # its own rule, as it recorded
+    assert grid["sub"]["tpr:0.95"] == pytest.approx(last["threshold_sub"]) and grid["sub"]["0.7"] == 0.7
+    assert threshold_grid(res, "no-such-trial", 1, score) == {"super": {}, "sub": {}}
+    out = tmp_path / "p.csv"  # a per-level rule assembled from the grid, through the command line
+    assert main(["predict", str(results), "--trial", t["trial_id"], "--images", str(data / "test_images"),
+                 "--out", str(out), "--threshold", "0.7/tpr:0.95"]) == 0

@@ -23,6 +23,7 @@ from ..results.reading import (
     best_per_variant,
     load_results,
     select,
+    threshold_grid,
     trial_checkpoint,
 )
 from ..results.storage import Storage, local_path
@@ -56,21 +57,22 @@ class Predictor:
     bank: dict | None = None  # the training bank (Outputs.bank_state()), for feature-space scores
     tta: bool = False  # mirror-image averaging, as the model was validated
     reference: TrainConfig | None = None  # the trial's config, when its score needs reference features
-    discover: bool = False  # transductive category discovery over the images predicted together (discovery.py)
+    discover: int | str | None = None  # transductive category discovery: extra clusters per superclass or 'auto'
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict | Path | str, threshold: str | float | None = None, device: str = "cpu",
-                        name: str = "checkpoint") -> "Predictor":
+                        name: str = "checkpoint", grid: dict | None = None) -> "Predictor":
         """From a loaded checkpoint (or its path). `threshold`: a rule of the sweep file's grammar (a number,
         SUPER/SUB, `tpr:P`, `best`); None: the per-level values the trial resolved at its last epoch. A `tpr:`
         or `best` rule other than the trial's own needs its validation outputs: a checkpoint file of a run
-        folder brings them (val_outputs.pt beside it); `checkpoint.thresholds` refuses it otherwise."""
+        folder brings them (val_outputs.pt beside it), a sweep trial its sweep's threshold grid (`grid`,
+        `reading.threshold_grid`); `checkpoint.thresholds` refuses it otherwise."""
         outputs = None
         if not isinstance(ckpt, dict):
             path = Path(ckpt) / "checkpoint.pt" if Path(ckpt).is_dir() else Path(ckpt)
             name, outputs, ckpt = str(path), path.with_name(checkpoint.OUTPUTS), checkpoint.load(path)
         model, cfg, space, norm = checkpoint.model_from(ckpt, device, name)
-        thr_sup, thr_sub = checkpoint.thresholds(ckpt, cfg, threshold, outputs, name)
+        thr_sup, thr_sub = checkpoint.thresholds(ckpt, cfg, threshold, outputs, name, grid)
         side = int(ckpt.get("data_side", 64))
         return cls(model, space, norm, cfg.image_size or side, side, cfg.novelty_score, float(thr_sup), float(thr_sub),
                    cfg.precision, _bank(ckpt.get("bank")), cfg.tta,
@@ -99,7 +101,7 @@ class Predictor:
         return out
 
 
-def decide(out: Outputs, score: str, thr_super: float, thr_sub: float, discover: bool = False):
+def decide(out: Outputs, score: str, thr_super: float, thr_sub: float, discover: int | str | None = None):
     """The hierarchy rule on outputs (scored once, all images), then, with `discover`, category discovery over
     them (`train.clusters`, which prints what it found); mapping-file indices at both levels."""
     from ..train.novelty import predict as rule
@@ -108,7 +110,7 @@ def decide(out: Outputs, score: str, thr_super: float, thr_sub: float, discover:
     if discover:
         from .discovery import discover_in
 
-        sups, subs = discover_in(out, sups, subs)
+        sups, subs = discover_in(out, sups, subs, discover)
     return out.space.decode(sups, subs)
 
 
@@ -180,7 +182,7 @@ def chosen_trials(res: Results, trial_id: str | None, all_variants: bool, protoc
 def run(source: str, images: str, out: str, trial_id: str | None = None, threshold: str | float | None = None,
         do_refit: bool = False, data_dir: str | None = None, all_variants: bool = False, epoch: str = "last",
         log=print, protocol: str | None = None, ensemble: int = 0, ensemble_score: str | None = None,
-        discover: bool = False) -> list[tuple]:
+        discover: int | str | None = None) -> list[tuple]:
     """`hier-tl predict`: a run folder's checkpoint, or trial(s) of a sweep (local or object storage); with
     `ensemble` K, the K best trials of the deciding protocol as one model (`ensemble.py`); with `discover`,
     category discovery over the folder's images (`discovery.py`)."""
@@ -193,7 +195,7 @@ def run(source: str, images: str, out: str, trial_id: str | None = None, thresho
     if run_dir is not None and (run_dir / "checkpoint.pt").is_file() and not Storage.open(str(run_dir)).has_trials():
         if trial_id or all_variants or do_refit:
             raise SelectionError("--trial, --all-variants and --refit need a sweep results folder, not a run folder")
-        jobs = [(run_dir / "checkpoint.pt", str(run_dir / "checkpoint.pt"), Path(out))]  # with val_outputs.pt
+        jobs = [(run_dir / "checkpoint.pt", str(run_dir / "checkpoint.pt"), Path(out), None)]  # with val_outputs.pt
     else:
         res, jobs = load_results(source, tables=()), []
         for t in chosen_trials(res, trial_id, all_variants, protocol):
@@ -201,11 +203,13 @@ def run(source: str, images: str, out: str, trial_id: str | None = None, thresho
             path = o.with_name(f"{o.stem}_{t['backbone']}_{t['depth']}{o.suffix}") if all_variants else o
             ckpt, where = (refit(res, t, data_dir, log), f"refit of {t['trial_id']}") if do_refit else \
                 trial_checkpoint(res.storage, t, epoch)
+            grid = None if do_refit or threshold is None else \
+                threshold_grid(res, t["trial_id"], int(ckpt["epoch"]), ckpt["config"]["novelty_score"])
             log(f"trial {t['trial_id']} ({t['backbone']}/{t['depth']}) -> {path}")
-            jobs.append((ckpt, where, path))
+            jobs.append((ckpt, where, path, grid))
     done = []
-    for ckpt, where, path in jobs:
-        predictor = Predictor.from_checkpoint(ckpt, threshold, name=where)
+    for ckpt, where, path, grid in jobs:
+        predictor = Predictor.from_checkpoint(ckpt, threshold, name=where, grid=grid)
         predictor.discover = discover
         n = write_predictions(predictor, images, path)
         log(f"wrote {path}: {n} images (thresholds {predictor.score}: superclass {predictor.thr_super:.4g}, "

@@ -132,6 +132,38 @@ def checkpoints(st: Storage, trial: pd.Series) -> list[str]:
     return [f"{tdir}/{d}/checkpoint.pt" for d in sorted(dirs, reverse=True)]
 
 
+def threshold_grid(res: Results, trial_id: str, epoch: int, score: str) -> dict[str, dict[str, float]]:
+    """Each rule of the sweep's threshold grid (`thresholds.parquet`) as `trial_id` resolved it for `score` at
+    `epoch` (fold means, like the trial's own), per level: {"super": {"tpr:0.98": -1773.6, ...}, "sub": {...}}.
+    A `SUPER/SUB` row lends each level its own rule, so `tpr:0.99/tpr:0.98` resolves from rows that hold
+    `tpr:0.99` and `tpr:0.98` at those levels. Empty when the sweep recorded none (thresholds not saved)."""
+    from ..core.config import Threshold
+
+    table = res.thresholds if not res.thresholds.empty else _quiet_read(res.storage, "thresholds")
+    need = {"trial_id", "epoch", "score", "threshold", "threshold_super", "threshold_sub"}
+    if table.empty or not need <= set(table.columns):
+        return {}
+    rows = table[(table["trial_id"] == trial_id) & (table["epoch"] == epoch) & (table["score"] == score)]
+    grid: dict[str, dict[str, float]] = {"super": {}, "sub": {}}
+    for spec, sup, sub in rows[["threshold", "threshold_super", "threshold_sub"]].itertuples(index=False):
+        try:
+            rules = Threshold.per_level(spec)
+        except ConfigError:
+            continue
+        for lvl, value in (("super", sup), ("sub", sub)):
+            grid[lvl].setdefault(str(rules[lvl]), float(value))
+    return grid
+
+
+def _quiet_read(st: Storage, name: str) -> pd.DataFrame:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return st.read(name)
+        except StorageError:
+            return pd.DataFrame()
+
+
 def trial_checkpoint(st: Storage, trial: pd.Series, epoch: str = "last") -> tuple[dict, str]:
     """The trial's checkpoint, loaded, and its URI: `last` = the newest written completely (a truncated
     newest one, from a full disk or a killed upload, is skipped with a warning); `best` = the one of the

@@ -94,12 +94,13 @@ def model_from(ckpt: dict, device: str | torch.device = "cpu", name: str = "chec
 
 
 def thresholds(ckpt: dict, cfg: TrainConfig, spec: Any = None, outputs: Path | None = None,
-               name: str = "checkpoint") -> tuple[float, float]:
+               name: str = "checkpoint", grid: dict | None = None) -> tuple[float, float]:
     """(superclass, subclass) thresholds to predict with under `spec`, the sweep file's grammar (a number,
     SUPER/SUB, `tpr:P`, `best`); None: the values the run resolved at its last epoch. A number is itself; a
     `tpr:` or `best` rule needs validation scores: the recorded value where it is the run's own rule, else
-    the validation outputs file `outputs` (a run folder's val_outputs.pt), read only then; without them it
-    is refused, saying why."""
+    the sweep's threshold grid `grid` ({level: {rule: value}}, what the sweep resolved for this trial and
+    epoch: `reading.threshold_grid`), else the validation outputs file `outputs` (a run folder's
+    val_outputs.pt), read only then; without them it is refused, saying why."""
     last = ckpt["history"][-1] if ckpt["history"] else {}
     recorded = {lvl: finite(last.get(f"threshold_{lvl}")) for lvl in LEVELS}
     if spec is None:
@@ -109,14 +110,17 @@ def thresholds(ckpt: dict, cfg: TrainConfig, spec: Any = None, outputs: Path | N
     rules, own = Threshold.per_level(spec, "--threshold"), Threshold.per_level(cfg.threshold)
     out = {lvl: r.value if r.kind == "value" else recorded[lvl] if str(r) == str(own[lvl]) else None
            for lvl, r in rules.items()}
+    out = {lvl: finite((grid or {}).get(lvl, {}).get(str(rules[lvl]))) if v is None else v for lvl, v in out.items()}
     todo = [lvl for lvl, v in out.items() if v is None]
     if todo and (outputs is None or not Path(outputs).is_file()):
         lvl = todo[0]
+        known = sorted((grid or {}).get(lvl, {}))
         raise CheckpointError(
             f"--threshold {spec}: the {'superclass' if lvl == 'super' else 'subclass'} rule {rules[lvl]} needs "
             f"validation scores to resolve, and {name} carries none (a run folder of `hier-tl train` keeps them in "
-            f"{OUTPUTS}; a sweep trial's checkpoint does not): pass a number, or SUPER/SUB numbers (its own rule "
-            f"{cfg.threshold} resolved to {_pair(recorded)})")
+            f"{OUTPUTS}; a sweep trial's checkpoint does not)"
+            + (f" and the sweep's threshold grid did not resolve it (it did: {', '.join(known)})" if known else "")
+            + f": pass a number, or SUPER/SUB numbers (its own rule {cfg.threshold} resolved to {_pair(recorded)})")
     if todo:
         val = _outputs(Path(outputs), ckpt, cfg, recorded)
         out.update({lvl: v for lvl, v in thresholds_for(val, cfg.novelty_score, spec).items() if lvl in todo})
