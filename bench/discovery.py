@@ -2,8 +2,11 @@
 
     python bench/discovery.py --outputs .cache/s0.pt             # saved fold outputs (bench/quality.py --save-outputs)
     python bench/discovery.py --outputs s0.pt --score pretrained_hier --threshold tpr:0.99/tpr:0.965
+    python bench/discovery.py --outputs s0.pt --new-clusters 4 6 8   # fixed extra clusters per superclass
+    python bench/discovery.py --trial SWEEP/TRIAL/checkpoint_000004/checkpoint.pt --data DATA   # a sweep trial
 
-Per fold: the per-image rule (score at threshold), then discovery on top of it (`hier_tl.train.clusters`),
+Per fold: the superclass rule alone (the seen-subclass accuracy a subclass rule costs points of), the per-image
+rule (score at threshold), then discovery on top of it (`hier_tl.train.clusters`),
 with the new breeds caught as novel subclasses, seen-subclass accuracy, novel superclass caught and the new
 breeds called a novel superclass; the novel-subclass clusters found per superclass (the protocol holds out
 3 subclasses of each seen superclass); mean +- spread over folds.
@@ -12,6 +15,7 @@ breeds called a novel superclass; the novel-subclass clusters found per supercla
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -31,14 +35,19 @@ from hier_tl.train.outputs import Outputs
 KEYS = ("seen_super_acc", "novel_super_acc", "seen_sub_acc", NEW_SUB, NEW_BREED_SUPER)
 
 
-def rows_for(out: Outputs, score: str, threshold: str, max_new: int, fold: int) -> list[dict]:
+def rows_for(out: Outputs, score: str, threshold: str, max_new: int, fold: int,
+             new_clusters: tuple[int, ...] = ()) -> list[dict]:
     m = evaluate(out, out.space, score, threshold)
     sup, sub = predict(out, out.space, score, m["threshold_super"], m["threshold_sub"])
-    rows = [{"fold": fold, "method": "per-image rule", **{k: m[k] for k in KEYS}}]
-    for union in (True, False):
+    no_sub_rule = predict(out, out.space, score, m["threshold_super"], -math.inf)  # what "points of seen sub" count from
+    rows = [{"fold": fold, "method": "superclass rule only", **_metrics(out, *no_sub_rule)},
+            {"fold": fold, "method": "per-image rule", **{k: m[k] for k in KEYS}}]
+    runs = [(None, True), (None, False)] + [(k, True) for k in new_clusters]
+    for k, union in runs:
         t0 = time.perf_counter()
-        d = discover(out, sup, sub, max_new, union)
-        rows.append({"fold": fold, "method": f"discover ({'union' if union else 'clusters decide'})",
+        d = discover(out, sup, sub, max_new, union, new_clusters=k)
+        count = "silhouette" if k is None else f"{k} new clusters"
+        rows.append({"fold": fold, "method": f"discover ({count}, {'union' if union else 'clusters decide'})",
                      **_metrics(out, d.sup, d.sub), "clusters": str(d.new_clusters),
                      "novel super groups": d.novel_super_clusters, "s": time.perf_counter() - t0})
     return rows
@@ -55,15 +64,29 @@ def _metrics(out: Outputs, sup, sub) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--outputs", required=True, help="saved fold outputs (bench/quality.py --save-outputs)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--outputs", help="saved fold outputs (bench/quality.py --save-outputs)")
+    src.add_argument("--trial", help="a sweep trial's checkpoint.pt: its folds' validation outputs, no training")
+    ap.add_argument("--data", help="with --trial: the dataset folder it was trained on")
     ap.add_argument("--score", default="pretrained_hier")
     ap.add_argument("--threshold", default="tpr:0.985/tpr:0.965")
-    ap.add_argument("--max-new", type=int, default=8)
+    ap.add_argument("--max-new", type=int, default=8, help="most extra clusters the silhouette may choose")
+    ap.add_argument("--new-clusters", type=int, nargs="*", default=[6, 10, 14],
+                    help="also a fixed number of extra clusters per superclass (over-clustering), union with the rule")
     args = ap.parse_args()
     import pandas as pd
 
-    outs = [Outputs.from_dict(d) for d in torch.load(args.outputs, weights_only=True)]
-    df = pd.DataFrame([r for f, o in enumerate(outs) for r in rows_for(o, args.score, args.threshold, args.max_new, f)])
+    if args.trial:
+        from hier_tl.data.dataset import load_dataset
+        from hier_tl.train import checkpoint
+        from hier_tl.train.trainer import validation_outputs
+
+        if not args.data:
+            ap.error("--trial needs --data, the dataset folder the trial was trained on")
+        outs = validation_outputs(checkpoint.load(args.trial), load_dataset(args.data))
+    else:
+        outs = [Outputs.from_dict(d) for d in torch.load(args.outputs, weights_only=True)]
+    df = pd.DataFrame([r for f, o in enumerate(outs) for r in rows_for(o, args.score, args.threshold, args.max_new, f, tuple(args.new_clusters))])
     pd.set_option("display.width", 250)
     print(df.round(4).to_string(index=False))
     g = df.groupby("method", sort=False)[list(KEYS)]

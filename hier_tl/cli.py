@@ -150,6 +150,10 @@ def cmd_cleanup(args) -> int:
     return 0
 
 
+def _clusters(text: str) -> int | str:
+    return text if text in ("auto", "default") else _positive(text)
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
@@ -265,8 +269,8 @@ def _add_results(sub) -> None:
     pr.add_argument("--trial", help="use this trial id instead of the best")
     pr.add_argument("--threshold", type=_threshold, metavar="RULE",
                     help="override the novelty threshold, as in a sweep file: a number, SUPER/SUB (one rule per "
-                    "level), tpr:P or best (these two need validation scores: the trial's own rule, or a run "
-                    "folder's val_outputs.pt)")
+                    "level), tpr:P or best (these two need validation scores: the trial's own rule, a rule of "
+                    "the sweep file's novelty.thresholds grid, per level, or a run folder's val_outputs.pt)")
     pr.add_argument("--refit", action="store_true",
                     help="first retrain the chosen config on train + validation for the epochs it ran")
     pr.add_argument("--data", help="with --refit: dataset folder (default: the sweep's data)")
@@ -279,9 +283,11 @@ def _add_results(sub) -> None:
                     "thresholds resolved again on the ensemble")
     pr.add_argument("--ensemble-score", metavar="SCORE", help="with --ensemble: the novelty score (default: the "
                     "trials' own; 'disagreement' is the members' mutual information)")
-    pr.add_argument("--discover", action="store_true", help="transductive: cluster the folder's images with the "
-                    "training bank per superclass; clusters with no training image are novel subclasses "
-                    "(each prediction then depends on the other images)")
+    pr.add_argument("--discover", nargs="?", const="default", type=_clusters, metavar="K",
+                    help="transductive: cluster the folder's images with the training bank per superclass, with K "
+                    "extra clusters per superclass (default 10: over-clustering, several clusters per "
+                    "new breed; 'auto' picks K by silhouette); clusters with no training image are novel "
+                    "subclasses (each prediction then depends on the other images)")
     pr.set_defaults(fn=cmd_predict)
     ex = sub.add_parser("export", help="export a sweep to a tracker (mlflow)",
                         description="Export a sweep to MLflow: one parent run, a nested run per trial (config as "

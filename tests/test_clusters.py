@@ -26,9 +26,9 @@ def _pool(g):
     return out, sup, sub
 
 
-def test_a_new_breed_forms_its_own_cluster_and_known_subclasses_stay():
+def test_silhouette_finds_a_new_breed_as_one_cluster_and_known_subclasses_stay():
     out, sup, sub = _pool(torch.Generator().manual_seed(0))
-    found = discover(out, sup, sub)
+    found = discover(out, sup, sub, new_clusters=None)
     assert found.new_clusters == {0: 1, 1: 0}
     assert (found.sub[10:20] == NOVEL).all()  # the new breed, caught
     assert torch.equal(found.sub[:10], sub[:10]) and torch.equal(found.sub[20:30], sub[20:30])
@@ -42,5 +42,25 @@ def test_clusters_decide_gives_a_known_cluster_its_subclass_back():
     subclass's cluster, gets that subclass; with union=True it stays novel."""
     out, sup, sub = _pool(torch.Generator().manual_seed(1))
     sub[0] = NOVEL
-    assert discover(out, sup, sub, union=False).sub[0] == 0
-    assert discover(out, sup, sub, union=True).sub[0] == NOVEL
+    assert discover(out, sup, sub, union=False, new_clusters=None).sub[0] == 0
+    assert discover(out, sup, sub, union=True, new_clusters=None).sub[0] == NOVEL
+
+
+def test_over_clustering_catches_new_breeds_and_keeps_known_images():
+    """The default: a fixed number of extra clusters per superclass (at most one per IMAGES_PER_NEW_CLUSTER of
+    its images), voted over restarts. Two new breeds of superclass 0 (60 + 30 images) among 90 images of its
+    known subclasses: the new breeds fill extra clusters and are called novel, the known images keep their
+    subclass although several extra centres are seeded among them."""
+    g = torch.Generator().manual_seed(0)
+    bank = torch.cat([_near(k, 20, g) for k in range(4)])
+    pool = torch.cat([_near(0, 50, g), _near(1, 40, g), _near(4, 60, g), _near(5, 30, g), _near(2, 25, g)])
+    n = len(pool)
+    sup = torch.tensor([0] * 180 + [1] * 25)
+    sub = torch.tensor([0] * 50 + [1] * 40 + [0] * 60 + [1] * 30 + [2] * 25)  # new breeds taken for known ones
+    out = Outputs(torch.zeros(n, 2), torch.zeros(n, 4), space=SPACE, backbone_feats=pool, bank_backbone=bank,
+                  bank_sub_target=torch.arange(4).repeat_interleave(20))
+    found = discover(out, sup, sub)
+    assert found.new_clusters[0] >= 2 and found.new_clusters[1] == 0  # 25 images: below one extra cluster's share
+    assert (found.sub[90:180] == NOVEL).float().mean() >= 0.95
+    assert (found.sub[:90] == sub[:90]).float().mean() >= 0.95 and torch.equal(found.sub[180:], sub[180:])
+    assert discover(out, sup, sub, new_clusters=None).new_clusters[0] >= 1  # the silhouette, still on offer

@@ -30,3 +30,19 @@ def test_predict_discover_from_a_run_folder(synth_ds, synth_dir, tmp_path, capsy
     assert main(["predict", str(run), "--images", str(synth_dir / "test_images"), "--out", str(out), "--discover"]) == 0
     assert "novel-subclass cluster(s)" in capsys.readouterr().err
     assert len(pd.read_csv(out)) == len(list((synth_dir / "test_images").iterdir()))
+
+
+def test_discover_takes_a_cluster_count_auto_or_nothing():
+    from hier_tl.cli import build_parser
+    from hier_tl.train.clusters import NEW_CLUSTERS
+
+    base = ["predict", "r", "--images", "i", "--out", "o"]
+    parse = build_parser().parse_args
+    assert parse(base).discover is None  # off unless asked
+    assert parse([*base, "--discover"]).discover == "default"
+    assert parse([*base, "--discover", "4"]).discover == 4 and parse([*base, "--discover", "auto"]).discover == "auto"
+    with pytest.raises(SystemExit):
+        parse([*base, "--discover", "0"])
+    predict = next(a for a in build_parser()._subparsers._group_actions[0].choices["predict"]._actions
+                   if a.dest == "discover")
+    assert f"default {NEW_CLUSTERS}" in predict.help  # the help names the default the library uses

@@ -56,7 +56,7 @@ class EnsemblePredictor:
     score: str
     thr_super: float
     thr_sub: float
-    discover: bool = False
+    discover: int | str | None = None
 
     @property
     def data_side(self) -> int:
@@ -96,7 +96,7 @@ def calibrate(ckpts: list[dict], names: list[str], data, score: str | None = Non
 
 
 def predict_ensemble(source: str, images: str, out: str, k: int, score: str | None = None, do_refit: bool = False,
-                     data_dir: str | None = None, discover: bool = False, log=print,
+                     data_dir: str | None = None, discover: int | str | None = None, log=print,
                      protocol: str | None = None) -> tuple:
     """`hier-tl predict SWEEP --ensemble K`: the K best trials of the deciding protocol (`--protocol`, the sweep's
     decide_on, or the only one; `results.protocols.decision`), refit first with `do_refit`, thresholds resolved

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..core.config import from_dict
 from ..core.errors import ConfigError, DivergedError
 from ..data.dataset import Dataset
 from ..data.split import make_split
@@ -297,6 +298,21 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
     if outs is None:  # resumed after the last epoch: evaluate once so callers get outputs
         outs = [runs[0].validate()]
     return FitResult(runs[0].model, runs[0].space, outs[0], history, runs[0].norm)
+
+
+def validation_outputs(ckpt: dict, data: Dataset, scores: tuple[str, ...] = ()) -> list[Outputs]:
+    """Every fold's validation outputs of a saved checkpoint (fold 0's weights and the `folds` that ride along),
+    as its last epoch saw them, without training: for re-scoring a sweep trial (`bench/discovery.py --trial`)."""
+    cfg = from_dict(TrainConfig, ckpt["config"])
+    X = place(data.images, resolve_device(cfg.device))
+    runs = [_prepare(cfg, data, scores, fold, X) for fold in range(1 + len(ckpt.get("folds") or []))]
+    ref = None
+    if any(novelty.needs_reference(s) for s in {cfg.novelty_score, *scores}):
+        ref = reference_features(cfg, X, device=X.device, share=data.share)
+    for run, saved in zip(runs, [ckpt, *(ckpt.get("folds") or [])]):
+        _load_weights(saved, run.model, run.opt, run.sched)
+        run.ref = ref
+    return [run.validate() for run in runs]
 
 
 def reference_features(cfg: TrainConfig, X: torch.Tensor, progress: Optional[Progress] = None,
