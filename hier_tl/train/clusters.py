@@ -113,7 +113,7 @@ def _voted(u, lab_x, pos, n_known: int, k_new: int, g) -> tuple[torch.Tensor, to
     or the nearest known centre where that run put it in an extra one), which rows most runs put in an extra
     cluster (the k-means++ seeds alone moved the new breeds caught by +-7 points from run to run), and the
     median number of extra clusters that kept a row."""
-    runs = [_clustering(u, lab_x, pos, n_known, k_new, g) for _ in range(RESTARTS)]
+    runs = [_clustering(u, lab_x, pos, n_known, k_new, g) for _ in range(RESTARTS if k_new else 1)]
     votes = torch.stack([a >= n_known for a in runs]).double().mean(0)
     kept = sorted(int((a.unique() >= n_known).sum()) for a in runs)
     nearest = (u @ _known_centres(lab_x, pos, n_known).T).argmax(1)
