@@ -34,3 +34,19 @@ def test_predict_with_refit(sweep, tmp_path):
     held = cal["held_back"]
     assert held["images"] > 0 and 0 <= held["seen_sub_acc"] <= held["closed_sub_acc"] <= 1
     assert 0 <= held["seen_super_acc"] <= held["closed_super_acc"] <= 1
+
+
+def test_refit_calibrates_the_rule_predict_is_given(sweep, tmp_path, capsys):
+    """`--refit --threshold RULE`: the refit resolves RULE (its tpr: levels on the held-back images, its numbers
+    as given) instead of the trial's own rule; `best`, which needs novel images, is refused."""
+    results, data = sweep
+    out = tmp_path / "p.csv"
+    args = ["predict", str(results), "--images", str(data / "test_images"), "--out", str(out), "--refit"]
+    assert main([*args, "--threshold", "0.25/tpr:0.9"]) == 0
+    from hier_tl.train import checkpoint
+    ckpt = checkpoint.load(next((results / "refit").glob("*/checkpoint.pt")))
+    cal, last = ckpt["calibration"], ckpt["history"][-1]
+    assert cal["rule"] == "0.25/tpr:0.9" and cal["levels"] == ["sub"] and last["threshold_super"] == 0.25
+    assert "superclass 0.25," in capsys.readouterr().out
+    assert main([*args, "--threshold", "best"]) == 2
+    assert "best needs novel images" in capsys.readouterr().err

@@ -201,7 +201,7 @@ def run(source: str, images: str, out: str, trial_id: str | None = None, thresho
         for t in chosen_trials(res, trial_id, all_variants, protocol):
             o = Path(out)
             path = o.with_name(f"{o.stem}_{t['backbone']}_{t['depth']}{o.suffix}") if all_variants else o
-            ckpt, where = (refit(res, t, data_dir, log), f"refit of {t['trial_id']}") if do_refit else \
+            ckpt, where = (refit(res, t, data_dir, log, threshold), f"refit of {t['trial_id']}") if do_refit else \
                 trial_checkpoint(res.storage, t, epoch)
             grid = None if do_refit or threshold is None else \
                 threshold_grid(res, t["trial_id"], int(ckpt["epoch"]), ckpt["config"]["novelty_score"])
@@ -209,7 +209,8 @@ def run(source: str, images: str, out: str, trial_id: str | None = None, thresho
             jobs.append((ckpt, where, path, grid))
     done = []
     for ckpt, where, path, grid in jobs:
-        predictor = Predictor.from_checkpoint(ckpt, threshold, name=where, grid=grid)
+        rule = None if do_refit else threshold  # a refit resolved --threshold itself, on its held-back images
+        predictor = Predictor.from_checkpoint(ckpt, rule, name=where, grid=grid)
         predictor.discover = discover
         n = write_predictions(predictor, images, path)
         log(f"wrote {path}: {n} images (thresholds {predictor.score}: superclass {predictor.thr_super:.4g}, "

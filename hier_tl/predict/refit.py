@@ -21,12 +21,14 @@ from ..train.trainer import fit
 CALIBRATION = 0.1  # fraction of the images a refit holds back to recalibrate a `tpr:` threshold
 
 
-def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print) -> dict:
+def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print, threshold: str | None = None) -> dict:
     """Retrain the trial's config on all classes (no hold-out) for the epochs it ran, printing a line per
     epoch, and save it as refit/<trial>/checkpoint.pt in the sweep. Thresholds: a similarity threshold of
     one model does not transfer to another, so a `tpr:P` rule is resolved again on held-back calibration
     images (10%, stratified) of the refit model; a number or `best` keeps the sweep trial's value (per
-    level, with `SUPER/SUB` rules). The checkpoint records which (`calibration`).
+    level, with `SUPER/SUB` rules). The checkpoint records which (`calibration`). `threshold` (predict's
+    `--threshold`) replaces the trial's rule: its `tpr:` levels are calibrated, its numbers kept; `best` needs
+    novel images, which the held-back images lack, so it is taken only where it is the trial's own rule.
 
     The superclass level: the held-back images are all of trained subclasses, so a `tpr:` rule resolved on
     them alone keeps no room for new breeds of known animals (the trial's validation held some out). Where the
@@ -38,13 +40,14 @@ def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print) -> di
     thresholds = (last.get("threshold_super", math.nan), last.get("threshold_sub", math.nan))
     if not all(math.isfinite(t) for t in thresholds):
         raise SelectionError(f"trial {trial['trial_id']}: its checkpoint records no resolved thresholds to refit with")
-    rules, rule = Threshold.per_level(cfg.threshold), str(cfg.threshold)
+    rule = str(threshold if threshold is not None else cfg.threshold)
+    rules, keep = Threshold.per_level(rule, "--threshold"), _fixed(cfg, rule, thresholds)
     again = [lvl for lvl, r in rules.items() if r.kind == "tpr"]  # levels recalibrated; the others keep theirs
     recalibrate = bool(again)
-    kept = "/".join(str(r) if r.kind == "tpr" else repr(float(t)) for r, t in zip(rules.values(), thresholds))
+    kept = "/".join(str(r) if r.kind == "tpr" else repr(float(t)) for r, t in zip(rules.values(), keep))
     refit_cfg = cfg.replace(epochs=int(trial["epochs_run"]), holdout_subclasses=0, holdout_superclasses=0, folds=1,
                             val_fraction=CALIBRATION if recalibrate else 0.0,
-                            threshold=kept if recalibrate else thresholds[0])
+                            threshold=kept if recalibrate else keep[0])
     source = data_dir or res.meta.get("data", "synthetic")
     synth = from_dict(SynthSpec, res.meta.get("synthetic") or {})
     log(f"refit: {refit_cfg.backbone}/{refit_cfg.depth} for {refit_cfg.epochs} epochs on every class ({source})"
@@ -65,8 +68,9 @@ def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print) -> di
         if "super" in again:
             _transfer(state, saved["outputs"], cfg.novelty_score, last.get(SUPER_MARGIN, math.nan), log)
     else:
-        final.update(threshold_super=thresholds[0], threshold_sub=thresholds[1])
-        state["calibration"] = {"method": "the sweep trial's thresholds", "rule": rule}
+        final.update(threshold_super=keep[0], threshold_sub=keep[1])
+        state["calibration"] = {"method": "the sweep trial's thresholds" if threshold is None else "--threshold",
+                                "rule": rule}
     log(f"refit: thresholds superclass {final['threshold_super']:.4g}, subclass {final['threshold_sub']:.4g} "
         f"({state['calibration']['method']}; the sweep trial had {thresholds[0]:.4g}, {thresholds[1]:.4g})")
     if recalibrate:
@@ -75,6 +79,21 @@ def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print) -> di
     res.storage.write_bytes(rel, checkpoint.to_bytes(state))
     log(f"refit: saved {res.storage.file_uri(rel)}")
     return state
+
+
+def _fixed(cfg: TrainConfig, rule: str, recorded: tuple[float, float]) -> tuple[float, float]:
+    """Per level, the value a refit keeps where `rule` is not recalibrated: a number is itself, `best` the
+    trial's resolved value where it is the trial's own rule (else refused); `tpr:` levels get NaN (resolved
+    on the held-back images)."""
+    own = Threshold.per_level(cfg.threshold)
+    out = []
+    for (lvl, r), t in zip(Threshold.per_level(rule, "--threshold").items(), recorded):
+        if r.kind == "best" and str(own[lvl]) != "best":
+            raise SelectionError(f"--refit --threshold {rule}: the {lvl}class rule best needs novel images to "
+                                 "resolve, and a refit's held-back images are all of trained classes: use tpr:P or "
+                                 "a number")
+        out.append(r.value if r.kind == "value" else t if r.kind == "best" else math.nan)
+    return out[0], out[1]
 
 
 def _held_back(state: dict, out, score: str, log) -> None:
