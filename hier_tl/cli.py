@@ -272,7 +272,8 @@ def _add_results(sub) -> None:
                     "level), tpr:P or best (these two need validation scores: the trial's own rule, a rule of "
                     "the sweep file's novelty.thresholds grid, per level, or a run folder's val_outputs.pt)")
     pr.add_argument("--refit", action="store_true",
-                    help="first retrain the chosen config on train + validation for the epochs it ran")
+                    help="first retrain the chosen config on train + validation for the epochs it ran, holding "
+                    "10%% back to calibrate its tpr: rule (or --threshold's) and printing its seen accuracies there")
     pr.add_argument("--data", help="with --refit: dataset folder (default: the sweep's data)")
     pr.add_argument("--epoch", choices=("last", "best"), default="last", help=EPOCH_HELP)
     pr.add_argument("--protocol", metavar="LABEL|N", help=PROTOCOL_HELP)
