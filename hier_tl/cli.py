@@ -131,7 +131,7 @@ def cmd_predict(args) -> int:
 
     run(args.source, args.images, args.out, args.trial, args.threshold, args.refit, args.data, args.all_variants,
         args.epoch, protocol=args.protocol, ensemble=args.ensemble, ensemble_score=args.ensemble_score,
-        discover=args.discover)
+        discover=args.discover, refit_epochs=args.refit_epochs)
     return 0
 
 
@@ -274,6 +274,8 @@ def _add_results(sub) -> None:
     pr.add_argument("--refit", action="store_true",
                     help="first retrain the chosen config on train + validation for the epochs it ran, holding "
                     "10%% back to calibrate its tpr: rule (or --threshold's) and printing its seen accuracies there")
+    pr.add_argument("--refit-epochs", type=_positive, metavar="N", help="with --refit: train N epochs instead of "
+                    "the trial's (a refit sees every class and more images than the trial did)")
     pr.add_argument("--data", help="with --refit: dataset folder (default: the sweep's data)")
     pr.add_argument("--epoch", choices=("last", "best"), default="last", help=EPOCH_HELP)
     pr.add_argument("--protocol", metavar="LABEL|N", help=PROTOCOL_HELP)

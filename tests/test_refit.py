@@ -38,15 +38,23 @@ def test_predict_with_refit(sweep, tmp_path):
 
 def test_refit_calibrates_the_rule_predict_is_given(sweep, tmp_path, capsys):
     """`--refit --threshold RULE`: the refit resolves RULE (its tpr: levels on the held-back images, its numbers
-    as given) instead of the trial's own rule; `best`, which needs novel images, is refused."""
+    as given) instead of the trial's own rule; `best`, which needs novel images, is refused. `--refit-epochs`
+    sets how long it trains."""
     results, data = sweep
     out = tmp_path / "p.csv"
     args = ["predict", str(results), "--images", str(data / "test_images"), "--out", str(out), "--refit"]
-    assert main([*args, "--threshold", "0.25/tpr:0.9"]) == 0
+    assert main([*args, "--threshold", "0.25/tpr:0.9", "--refit-epochs", "2"]) == 0
     from hier_tl.train import checkpoint
     ckpt = checkpoint.load(next((results / "refit").glob("*/checkpoint.pt")))
     cal, last = ckpt["calibration"], ckpt["history"][-1]
     assert cal["rule"] == "0.25/tpr:0.9" and cal["levels"] == ["sub"] and last["threshold_super"] == 0.25
+    assert ckpt["config"]["epochs"] == 2 and len(ckpt["history"]) == 2
     assert "superclass 0.25," in capsys.readouterr().out
     assert main([*args, "--threshold", "best"]) == 2
     assert "best needs novel images" in capsys.readouterr().err
+
+
+def test_refit_epochs_needs_refit(tmp_path, capsys):
+    assert main(["predict", str(tmp_path), "--images", str(tmp_path), "--out", str(tmp_path / "p.csv"),
+                 "--refit-epochs", "3"]) == 2
+    assert "--refit-epochs sets how long a refit trains: add --refit" in capsys.readouterr().err

@@ -182,15 +182,17 @@ def chosen_trials(res: Results, trial_id: str | None, all_variants: bool, protoc
 def run(source: str, images: str, out: str, trial_id: str | None = None, threshold: str | float | None = None,
         do_refit: bool = False, data_dir: str | None = None, all_variants: bool = False, epoch: str = "last",
         log=print, protocol: str | None = None, ensemble: int = 0, ensemble_score: str | None = None,
-        discover: int | str | None = None) -> list[tuple]:
+        discover: int | str | None = None, refit_epochs: int | None = None) -> list[tuple]:
     """`hier-tl predict`: a run folder's checkpoint, or trial(s) of a sweep (local or object storage); with
     `ensemble` K, the K best trials of the deciding protocol as one model (`ensemble.py`); with `discover`,
     category discovery over the folder's images (`discovery.py`)."""
+    if refit_epochs and not do_refit:
+        raise SelectionError("--refit-epochs sets how long a refit trains: add --refit")
     if ensemble:
         from .ensemble import predict_ensemble
 
         return [predict_ensemble(source, images, out, ensemble, ensemble_score, do_refit, data_dir, discover, log,
-                                 protocol)]
+                                 protocol, refit_epochs)]
     run_dir = local_path(source)
     if run_dir is not None and (run_dir / "checkpoint.pt").is_file() and not Storage.open(str(run_dir)).has_trials():
         if trial_id or all_variants or do_refit:
@@ -201,8 +203,8 @@ def run(source: str, images: str, out: str, trial_id: str | None = None, thresho
         for t in chosen_trials(res, trial_id, all_variants, protocol):
             o = Path(out)
             path = o.with_name(f"{o.stem}_{t['backbone']}_{t['depth']}{o.suffix}") if all_variants else o
-            ckpt, where = (refit(res, t, data_dir, log, threshold), f"refit of {t['trial_id']}") if do_refit else \
-                trial_checkpoint(res.storage, t, epoch)
+            ckpt, where = (refit(res, t, data_dir, log, threshold, refit_epochs), f"refit of {t['trial_id']}") \
+                if do_refit else trial_checkpoint(res.storage, t, epoch)
             grid = None if do_refit or threshold is None else \
                 threshold_grid(res, t["trial_id"], int(ckpt["epoch"]), ckpt["config"]["novelty_score"])
             log(f"trial {t['trial_id']} ({t['backbone']}/{t['depth']}) -> {path}")
