@@ -77,13 +77,16 @@ def main() -> None:
     import pandas as pd
 
     if args.trial:
+        from hier_tl.core.config import from_dict
         from hier_tl.data.dataset import load_dataset
         from hier_tl.train import checkpoint
-        from hier_tl.train.trainer import validation_outputs
+        from hier_tl.train.train_config import TrainConfig
+        from hier_tl.train.trainer import fit
 
         if not args.data:
             ap.error("--trial needs --data, the dataset folder the trial was trained on")
-        outs = validation_outputs(checkpoint.load(args.trial), load_dataset(args.data))
+        ckpt = checkpoint.load(args.trial)  # resumed after its last epoch: every fold validated once, no training
+        outs = fit(from_dict(TrainConfig, ckpt["config"]), load_dataset(args.data), resume=ckpt).fold_outputs
     else:
         outs = [Outputs.from_dict(d) for d in torch.load(args.outputs, weights_only=True)]
     df = pd.DataFrame([r for f, o in enumerate(outs) for r in rows_for(o, args.score, args.threshold, args.max_new, f, tuple(args.new_clusters))])

@@ -150,10 +150,6 @@ def cmd_cleanup(args) -> int:
     return 0
 
 
-def _clusters(text: str) -> int | str:
-    return text if text in ("auto", "default") else _positive(text)
-
-
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
@@ -286,7 +282,8 @@ def _add_results(sub) -> None:
                     "thresholds resolved again on the ensemble")
     pr.add_argument("--ensemble-score", metavar="SCORE", help="with --ensemble: the novelty score (default: the "
                     "trials' own; 'disagreement' is the members' mutual information)")
-    pr.add_argument("--discover", nargs="?", const="default", type=_clusters, metavar="K",
+    pr.add_argument("--discover", nargs="?", const="default", metavar="K",
+                    type=lambda text: text if text in ("auto", "default") else _positive(text),
                     help="transductive: cluster the folder's images with the training bank per superclass, with K "
                     "extra clusters per superclass (default 10: over-clustering, several clusters per "
                     "new breed; 'auto' picks K by silhouette); clusters with no training image are novel "

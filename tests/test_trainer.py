@@ -185,15 +185,13 @@ def test_a_dataset_the_gpu_cannot_hold_stays_on_the_host_and_batches_are_copied(
 
 
 def test_validation_outputs_of_a_checkpoint_match_what_its_last_epoch_saw(synth_ds):
-    """A sweep trial's folds re-scored without training (bench/discovery.py --trial): every fold's validation
-    outputs, as the epoch that saved the checkpoint reported them."""
-    from hier_tl.train.trainer import validation_outputs
-
+    """A sweep trial's folds re-scored without training (bench/discovery.py --trial): resumed after its last
+    epoch, `fit` gives every fold's validation outputs as the epoch that saved the checkpoint reported them."""
     cfg = TrainConfig(backbone="cnn_tiny", epochs=1, batch_size=32, val_fraction=0.25, holdout_subclasses=1, folds=2,
                       novelty_score="knn_backbone", threshold="tpr:0.95")
     seen = {}
     fit(cfg, synth_ds, lambda r: seen.update(state=r.state(), outs=r.fold_outputs))
-    again = validation_outputs(seen["state"], synth_ds)
+    again = fit(cfg, synth_ds, resume=seen["state"]).fold_outputs
     assert len(again) == 2
     for a, b in zip(again, seen["outs"]):
         assert torch.equal(a.sub_target, b.sub_target)

@@ -21,7 +21,6 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..core.config import from_dict
 from ..core.errors import ConfigError, DivergedError
 from ..data.dataset import Dataset
 from ..data.split import make_split
@@ -75,6 +74,7 @@ class FitResult:
     outputs: Outputs  # validation logits + targets of the last epoch
     history: list[dict] = field(default_factory=list)
     norm: tuple = ()
+    fold_outputs: list = field(default_factory=list)  # every fold's (fold 0 first)
 
 
 def use_bf16(device: torch.device, precision: str = "auto", gpu_bf16: bool = True) -> bool:
@@ -295,24 +295,9 @@ def fit(cfg: TrainConfig, data: Dataset, report: Optional[Report] = None,
             def state(_e=epoch + 1, _h=list(history), _o=list(outs)):
                 return _state(runs, _o, _e, _h)
             report(EpochReport(m, outs[0], lambda path, _s=state: checkpoint.save(_s(), path), state, outs))
-    if outs is None:  # resumed after the last epoch: evaluate once so callers get outputs
-        outs = [runs[0].validate()]
-    return FitResult(runs[0].model, runs[0].space, outs[0], history, runs[0].norm)
-
-
-def validation_outputs(ckpt: dict, data: Dataset, scores: tuple[str, ...] = ()) -> list[Outputs]:
-    """Every fold's validation outputs of a saved checkpoint (fold 0's weights and the `folds` that ride along),
-    as its last epoch saw them, without training: for re-scoring a sweep trial (`bench/discovery.py --trial`)."""
-    cfg = from_dict(TrainConfig, ckpt["config"])
-    X = place(data.images, resolve_device(cfg.device))
-    runs = [_prepare(cfg, data, scores, fold, X) for fold in range(1 + len(ckpt.get("folds") or []))]
-    ref = None
-    if any(novelty.needs_reference(s) for s in {cfg.novelty_score, *scores}):
-        ref = reference_features(cfg, X, device=X.device, share=data.share)
-    for run, saved in zip(runs, [ckpt, *(ckpt.get("folds") or [])]):
-        _load_weights(saved, run.model, run.opt, run.sched)
-        run.ref = ref
-    return [run.validate() for run in runs]
+    if outs is None:  # resumed after the last epoch: evaluate once so callers get outputs (re-scoring a trial)
+        outs = [run.validate() for run in runs]
+    return FitResult(runs[0].model, runs[0].space, outs[0], history, runs[0].norm, outs)
 
 
 def reference_features(cfg: TrainConfig, X: torch.Tensor, progress: Optional[Progress] = None,
