@@ -106,7 +106,8 @@ def predict_ensemble(source: str, images: str, out: str, k: int, score: str | No
     trials = top_trials(res.trials, res.metric, res.mode, label, k=k)
     log(f"ensemble of {len(trials)} trial(s) of protocol {label!r}: "
         + ", ".join(t["trial_id"] for t in trials) + (f" (only {len(trials)} of {k})" if len(trials) < k else ""))
-    ckpts = [refit(res, t, data_dir, log, epochs=refit_epochs) if do_refit else trial_checkpoint(res.storage, t)[0] for t in trials]
+    ckpts = [refit(res, t, data_dir, log, epochs=refit_epochs) if do_refit else trial_checkpoint(res.storage, t)[0]
+             for t in trials]
     synth = from_dict(SynthSpec, res.meta.get("synthetic") or {})
     data = load_source(data_dir or res.meta.get("data", "synthetic"), synth)
     ens = calibrate(ckpts, [t["trial_id"] for t in trials], data, score)

@@ -24,9 +24,10 @@ CALIBRATION = 0.1  # fraction of the images a refit holds back to recalibrate a 
 def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print, threshold: str | None = None,
           epochs: int | None = None) -> dict:
     """Retrain the trial's config on all classes (no hold-out) for the epochs it ran (or `epochs`: a refit
-    trains on more images than the trial did, and may want longer), printing a line per epoch, and save it as refit/<trial>/checkpoint.pt in the sweep. Thresholds: a similarity threshold of
-    one model does not transfer to another, so a `tpr:P` rule is resolved again on held-back calibration
-    images (10%, stratified) of the refit model; a number or `best` keeps the sweep trial's value (per
+    trains on more images than the trial did, and may want longer), printing a line per epoch, and save it
+    as refit/<trial>/checkpoint.pt in the sweep. Thresholds: a similarity threshold of one model does not
+    transfer to another, so a `tpr:P` rule is resolved again on held-back calibration images (10%,
+    stratified) of the refit model; a number or `best` keeps the sweep trial's value (per
     level, with `SUPER/SUB` rules). The checkpoint records which (`calibration`). `threshold` (predict's
     `--threshold`) replaces the trial's rule: its `tpr:` levels are calibrated, its numbers kept; `best` needs
     novel images, which the held-back images lack, so it is taken only where it is the trial's own rule.
@@ -46,8 +47,8 @@ def refit(res: Results, trial: pd.Series, data_dir: str | None, log=print, thres
     again = [lvl for lvl, r in rules.items() if r.kind == "tpr"]  # levels recalibrated; the others keep theirs
     recalibrate = bool(again)
     kept = "/".join(str(r) if r.kind == "tpr" else repr(float(t)) for r, t in zip(rules.values(), keep))
-    refit_cfg = cfg.replace(epochs=epochs or int(trial["epochs_run"]), holdout_subclasses=0, holdout_superclasses=0, folds=1,
-                            val_fraction=CALIBRATION if recalibrate else 0.0,
+    refit_cfg = cfg.replace(epochs=epochs or int(trial["epochs_run"]), holdout_subclasses=0, holdout_superclasses=0,
+                            folds=1, val_fraction=CALIBRATION if recalibrate else 0.0,
                             threshold=kept if recalibrate else keep[0])
     source = data_dir or res.meta.get("data", "synthetic")
     synth = from_dict(SynthSpec, res.meta.get("synthetic") or {})
