@@ -1,6 +1,8 @@
 """train.clusters: category discovery finds a new breed as a cluster of its own, leaves known subclasses in
 theirs, and counts the groups among the images called a novel superclass."""
 
+from dataclasses import replace
+
 import torch
 
 from hier_tl.data.taxonomy import NOVEL, LabelSpace
@@ -64,3 +66,21 @@ def test_over_clustering_catches_new_breeds_and_keeps_known_images():
     assert (found.sub[90:180] == NOVEL).float().mean() >= 0.95
     assert (found.sub[:90] == sub[:90]).float().mean() >= 0.95 and torch.equal(found.sub[180:], sub[180:])
     assert discover(out, sup, sub, new_clusters=None).new_clusters[0] >= 1  # the silhouette, still on offer
+
+
+def test_a_large_folder_is_clustered_without_all_pairwise_distances(monkeypatch):
+    """The silhouettes (the novel-superclass groups, `auto`) are measured on a sample of rows: a folder of
+    millions of images must not need rows^2 distances. With the cap at 30 rows, the 50-image pool above
+    still finds its two novel-superclass groups and, by silhouette, its new breed."""
+    import hier_tl.train.clusters as clusters
+
+    monkeypatch.setattr(clusters, "SILHOUETTE_ROWS", 30)
+    out, sup, sub = _pool(torch.Generator().manual_seed(0))
+    big = out.backbone_feats.repeat(40, 1)  # 2,000 rows: the sample keeps the distances at 30 x 30
+    seen = []
+    real = clusters._silhouette
+    monkeypatch.setattr(clusters, "_silhouette", lambda d, a: seen.append(d.shape[0]) or real(d, a))
+    big_out = replace(out, backbone_feats=big, super_logits=torch.zeros(2000, 2), sub_logits=torch.zeros(2000, 4))
+    found = discover(big_out, sup.repeat(40), sub.repeat(40), new_clusters=None)
+    assert max(seen) <= 30 + 2 * clusters.SILHOUETTE_PER_CLASS
+    assert found.novel_super_clusters == 2 and found.new_clusters[0] >= 1

@@ -33,6 +33,7 @@ IMAGES_PER_NEW_CLUSTER = 30  # ... and at most one per this many of the supercla
 # known images are not split off into clusters of their own
 RESTARTS = 5  # k-means runs (seeds) per superclass; an image is in a new cluster when most runs put it in one
 SILHOUETTE_PER_CLASS = 20  # labelled images per known subclass in the silhouette that picks the count
+SILHOUETTE_ROWS = 4000  # unlabelled images a silhouette is measured on at most (its distances are rows^2)
 
 
 @dataclass
@@ -97,12 +98,13 @@ def _best_clustering(u, lab_x, lab_y, kids, max_new: int, g) -> tuple[torch.Tens
     labelled rows are what make "a new cluster" differ from "joined a known subclass far from its images"."""
     pos = _position(lab_y, kids)
     sample = torch.cat([torch.nonzero(pos == k).flatten()[:SILHOUETTE_PER_CLASS] for k in range(len(kids))])
-    rows = torch.cat([u, lab_x[sample]])
+    some = _some(len(u), g)
+    rows = torch.cat([u[some], lab_x[sample]])
     dist = (1 - rows @ rows.T).clamp(min=0)
     best, best_sil = None, -2.0
     for k_new in range(min(max_new, len(u) - 1) + 1):
         assign = _clustering(u, lab_x, pos, len(kids), k_new, g)
-        sil = _silhouette(dist, torch.cat([assign, pos[sample]]))
+        sil = _silhouette(dist, torch.cat([assign[some], pos[sample]]))
         if best is None or sil > best_sil + 1e-9:
             best, best_sil = (assign, int((assign.unique() >= len(kids)).sum())), sil
     return best
@@ -161,6 +163,12 @@ def _ss_kmeans(u, lab_x, lab_pos, centres) -> torch.Tensor:
     return assign
 
 
+def _some(n: int, g) -> torch.Tensor:
+    """Which of n rows a silhouette is measured on: all, or `SILHOUETTE_ROWS` drawn at random (a folder of
+    millions of images would need terabytes of pairwise distances)."""
+    return torch.arange(n) if n <= SILHOUETTE_ROWS else torch.randperm(n, generator=g)[:SILHOUETTE_ROWS]
+
+
 def _silhouette(dist, assign) -> float:
     """Mean silhouette of rows with pairwise distances `dist` under cluster labels `assign` (0 for a lone member)."""
     labels, idx = assign.unique(return_inverse=True)
@@ -179,10 +187,11 @@ def _silhouette(dist, assign) -> float:
 def _count_clusters(x, max_new: int, g) -> int:
     """How many groups the rows `x` form: plain cosine k-means, k (1..max_new) by silhouette (1 when no split
     scores above 0)."""
-    best_k, best_sil, dist = 1, 0.0, (1 - x @ x.T).clamp(min=0)
+    some = _some(len(x), g)
+    best_k, best_sil, dist = 1, 0.0, (1 - x[some] @ x[some].T).clamp(min=0)
     for k in range(2, min(max_new, len(x) - 1) + 1):
         centres = _seed_new(x, F.normalize(x.mean(0, keepdim=True), dim=1), k, g)
         assign = _ss_kmeans(x, x[:0], torch.zeros(0, dtype=torch.long), centres)
-        if assign.unique().numel() > 1 and (sil := _silhouette(dist, assign)) > best_sil:
+        if assign.unique().numel() > 1 and (sil := _silhouette(dist, assign[some])) > best_sil:
             best_k, best_sil = int(assign.unique().numel()), sil
     return best_k
