@@ -39,7 +39,7 @@ def rows_for(out: Outputs, score: str, threshold: str, max_new: int, fold: int,
              new_clusters: tuple[int, ...] = ()) -> list[dict]:
     m = evaluate(out, out.space, score, threshold)
     sup, sub = predict(out, out.space, score, m["threshold_super"], m["threshold_sub"])
-    no_sub_rule = predict(out, out.space, score, m["threshold_super"], -math.inf)  # what "points of seen sub" count from
+    no_sub_rule = predict(out, out.space, score, m["threshold_super"], -math.inf)  # "points of seen sub" start here
     rows = [{"fold": fold, "method": "superclass rule only", **_metrics(out, *no_sub_rule)},
             {"fold": fold, "method": "per-image rule", **{k: m[k] for k in KEYS}}]
     runs = [(None, True), (None, False)] + [(k, True) for k in new_clusters]
@@ -89,7 +89,9 @@ def main() -> None:
         outs = fit(from_dict(TrainConfig, ckpt["config"]), load_dataset(args.data), resume=ckpt).fold_outputs
     else:
         outs = [Outputs.from_dict(d) for d in torch.load(args.outputs, weights_only=True)]
-    df = pd.DataFrame([r for f, o in enumerate(outs) for r in rows_for(o, args.score, args.threshold, args.max_new, f, tuple(args.new_clusters))])
+    counts = tuple(args.new_clusters)
+    df = pd.DataFrame([r for f, o in enumerate(outs)
+                       for r in rows_for(o, args.score, args.threshold, args.max_new, f, counts)])
     pd.set_option("display.width", 250)
     print(df.round(4).to_string(index=False))
     g = df.groupby("method", sort=False)[list(KEYS)]

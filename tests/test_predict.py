@@ -214,7 +214,7 @@ def test_the_threshold_grid_of_a_sweep_matches_what_its_trials_recorded(sweep, t
     from hier_tl.results.reading import load_results, threshold_grid, trial_checkpoint
 
     results, data = sweep
-    res = load_results(str(results), tables=())
+    res = load_results(str(results), tables=("thresholds",))
     t = res.trials.iloc[0]
     ckpt, _ = trial_checkpoint(res.storage, t)
     last, score = ckpt["history"][-1], ckpt["config"]["novelty_score"]

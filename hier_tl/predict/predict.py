@@ -199,13 +199,14 @@ def run(source: str, images: str, out: str, trial_id: str | None = None, thresho
             raise SelectionError("--trial, --all-variants and --refit need a sweep results folder, not a run folder")
         jobs = [(run_dir / "checkpoint.pt", str(run_dir / "checkpoint.pt"), Path(out), None)]  # with val_outputs.pt
     else:
-        res, jobs = load_results(source, tables=()), []
+        grid_wanted = threshold is not None and not do_refit  # a rule of the sweep's grid may resolve --threshold
+        res, jobs = load_results(source, tables=("thresholds",) if grid_wanted else ()), []
         for t in chosen_trials(res, trial_id, all_variants, protocol):
             o = Path(out)
             path = o.with_name(f"{o.stem}_{t['backbone']}_{t['depth']}{o.suffix}") if all_variants else o
             ckpt, where = (refit(res, t, data_dir, log, threshold, refit_epochs), f"refit of {t['trial_id']}") \
                 if do_refit else trial_checkpoint(res.storage, t, epoch)
-            grid = None if do_refit or threshold is None else \
+            grid = None if not grid_wanted else \
                 threshold_grid(res, t["trial_id"], int(ckpt["epoch"]), ckpt["config"]["novelty_score"])
             log(f"trial {t['trial_id']} ({t['backbone']}/{t['depth']}) -> {path}")
             jobs.append((ckpt, where, path, grid))

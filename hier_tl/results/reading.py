@@ -136,10 +136,11 @@ def threshold_grid(res: Results, trial_id: str, epoch: int, score: str) -> dict[
     """Each rule of the sweep's threshold grid (`thresholds.parquet`) as `trial_id` resolved it for `score` at
     `epoch` (fold means, like the trial's own), per level: {"super": {"tpr:0.98": -1773.6, ...}, "sub": {...}}.
     A `SUPER/SUB` row lends each level its own rule, so `tpr:0.99/tpr:0.98` resolves from rows that hold
-    `tpr:0.99` and `tpr:0.98` at those levels. Empty when the sweep recorded none (thresholds not saved)."""
+    `tpr:0.99` and `tpr:0.98` at those levels. Empty when `res` holds no thresholds table (read it with
+    `load_results(..., tables=("thresholds",))`)."""
     from ..core.config import Threshold
 
-    table = res.thresholds if not res.thresholds.empty else _quiet_read(res.storage, "thresholds")
+    table = res.thresholds
     need = {"trial_id", "epoch", "score", "threshold", "threshold_super", "threshold_sub"}
     if table.empty or not need <= set(table.columns):
         return {}
@@ -153,15 +154,6 @@ def threshold_grid(res: Results, trial_id: str, epoch: int, score: str) -> dict[
         for lvl, value in (("super", sup), ("sub", sub)):
             grid[lvl].setdefault(str(rules[lvl]), float(value))
     return grid
-
-
-def _quiet_read(st: Storage, name: str) -> pd.DataFrame:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        try:
-            return st.read(name)
-        except StorageError:
-            return pd.DataFrame()
 
 
 def trial_checkpoint(st: Storage, trial: pd.Series, epoch: str = "last") -> tuple[dict, str]:
