@@ -2,11 +2,13 @@
 
     python bench/discovery.py --outputs .cache/s0.pt             # saved fold outputs (bench/quality.py --save-outputs)
     python bench/discovery.py --outputs s0.pt --score pretrained_hier --threshold tpr:0.99/tpr:0.965
-    python bench/discovery.py --outputs s0.pt --new-clusters 4 6 8   # fixed extra clusters per superclass
+    python bench/discovery.py --outputs s0.pt --new-clusters 4 6 8   # k-means clusters on top, per superclass
+    python bench/discovery.py --outputs s0.pt --keep 0.98 0.99 0.995  # the neighbour rule's threshold
     python bench/discovery.py --trial SWEEP/TRIAL/checkpoint_000004/checkpoint.pt --data DATA   # a sweep trial
 
 Per fold: the superclass rule alone (the seen-subclass accuracy a subclass rule costs points of), the per-image
-rule (score at threshold), then discovery on top of it (`hier_tl.train.clusters`),
+rule (score at threshold), then discovery in place of its subclass threshold (`hier_tl.train.clusters`): the neighbour rule
+(`predict --discover`), the same with k-means clusters (`--discover K`), and the clusters alone,
 with the new breeds caught as novel subclasses, seen-subclass accuracy, novel superclass caught and the new
 breeds called a novel superclass; the novel-subclass clusters found per superclass (the protocol holds out
 3 subclasses of each seen superclass); mean +- spread over folds.
@@ -20,7 +22,7 @@ import time
 
 import torch
 
-from hier_tl.train.clusters import discover
+from hier_tl.train.clusters import NEIGHBOUR_KEEP, discover
 from hier_tl.train.metrics import (
     NEW_BREED_SUPER,
     NEW_SUB,
@@ -36,20 +38,21 @@ KEYS = ("seen_super_acc", "novel_super_acc", "seen_sub_acc", NEW_SUB, NEW_BREED_
 
 
 def rows_for(out: Outputs, score: str, threshold: str, max_new: int, fold: int,
-             new_clusters: tuple[int, ...] = ()) -> list[dict]:
+             new_clusters: tuple[int, ...] = (), keeps: tuple[float, ...] = (NEIGHBOUR_KEEP,)) -> list[dict]:
     m = evaluate(out, out.space, score, threshold)
-    sup, sub = predict(out, out.space, score, m["threshold_super"], m["threshold_sub"])
     no_sub_rule = predict(out, out.space, score, m["threshold_super"], -math.inf)  # "points of seen sub" start here
     rows = [{"fold": fold, "method": "superclass rule only", **_metrics(out, *no_sub_rule)},
             {"fold": fold, "method": "per-image rule", **{k: m[k] for k in KEYS}}]
-    runs = [(None, True), (None, False)] + [(k, True) for k in new_clusters]
-    for k, union in runs:
+    runs = [(f"neighbours at {keep}", {"keep": keep}) for keep in keeps]
+    runs += [(f"neighbours + {k} new clusters", {"new_clusters": k}) for k in new_clusters]
+    runs += [(f"{k} new clusters alone", {"new_clusters": k, "neighbours": 0}) for k in new_clusters]
+    runs += [("silhouette clusters alone", {"new_clusters": None, "neighbours": 0})]
+    for name, kw in runs:
         t0 = time.perf_counter()
-        d = discover(out, sup, sub, max_new, union, new_clusters=k)
-        count = "silhouette" if k is None else f"{k} new clusters"
-        rows.append({"fold": fold, "method": f"discover ({count}, {'union' if union else 'clusters decide'})",
-                     **_metrics(out, d.sup, d.sub), "clusters": str(d.new_clusters),
-                     "novel super groups": d.novel_super_clusters, "s": time.perf_counter() - t0})
+        d = discover(out, *no_sub_rule, max_new, **kw)  # as `predict --discover`: no subclass threshold
+        rows.append({"fold": fold, "method": f"discover ({name})", **_metrics(out, d.sup, d.sub),
+                     "groups": str(d.new_clusters), "novel super groups": d.novel_super_clusters,
+                     "s": time.perf_counter() - t0})
     return rows
 
 
@@ -71,8 +74,11 @@ def main() -> None:
     ap.add_argument("--score", default="pretrained_hier")
     ap.add_argument("--threshold", default="tpr:0.985/tpr:0.965")
     ap.add_argument("--max-new", type=int, default=8, help="most extra clusters the silhouette may choose")
-    ap.add_argument("--new-clusters", type=int, nargs="*", default=[6, 10, 14],
-                    help="also a fixed number of extra clusters per superclass (over-clustering), union with the rule")
+    ap.add_argument("--new-clusters", type=int, nargs="*", default=[10],
+                    help="also k-means with this many extra clusters per superclass (over-clustering), with the "
+                    "neighbour rule and alone")
+    ap.add_argument("--keep", type=float, nargs="*", default=[NEIGHBOUR_KEEP],
+                    help="the neighbour rule's share of training images kept (its threshold)")
     args = ap.parse_args()
     import pandas as pd
 
@@ -89,9 +95,9 @@ def main() -> None:
         outs = fit(from_dict(TrainConfig, ckpt["config"]), load_dataset(args.data), resume=ckpt).fold_outputs
     else:
         outs = [Outputs.from_dict(d) for d in torch.load(args.outputs, weights_only=True)]
-    counts = tuple(args.new_clusters)
+    counts, keeps = tuple(args.new_clusters), tuple(args.keep)
     df = pd.DataFrame([r for f, o in enumerate(outs)
-                       for r in rows_for(o, args.score, args.threshold, args.max_new, f, counts)])
+                       for r in rows_for(o, args.score, args.threshold, args.max_new, f, counts, keeps)])
     pd.set_option("display.width", 250)
     print(df.round(4).to_string(index=False))
     g = df.groupby("method", sort=False)[list(KEYS)]

@@ -284,10 +284,10 @@ def _add_results(sub) -> None:
                     "trials' own; 'disagreement' is the members' mutual information)")
     pr.add_argument("--discover", nargs="?", const="default", metavar="K",
                     type=lambda text: text if text in ("auto", "default") else _positive(text),
-                    help="transductive: cluster the folder's images with the training bank per superclass, with K "
-                    "extra clusters per superclass (default 10: over-clustering, several clusters per "
-                    "new breed; 'auto' picks K by silhouette); clusters with no training image are novel "
-                    "subclasses (each prediction then depends on the other images)")
+                    help="transductive: an image is a novel subclass when too few of its nearest neighbours "
+                    "among the training bank and the folder are training images (in place of the subclass "
+                    "threshold; each prediction then depends on the other images); K: also K extra k-means "
+                    "clusters per superclass, their images novel ('auto': K by silhouette)")
     pr.set_defaults(fn=cmd_predict)
     ex = sub.add_parser("export", help="export a sweep to a tracker (mlflow)",
                         description="Export a sweep to MLflow: one parent run, a nested run per trial (config as "

@@ -1,5 +1,5 @@
-"""predict.discovery: `predict --discover` clusters the folder's images with the training bank, says what it
-found, and refuses a checkpoint that keeps no features to cluster."""
+"""predict.discovery: `predict --discover` compares the folder's images with the training bank in place of the
+subclass threshold, says what it found, and refuses a checkpoint that keeps no features to compare."""
 
 import pandas as pd
 import pytest
@@ -28,13 +28,13 @@ def test_predict_discover_from_a_run_folder(synth_ds, synth_dir, tmp_path, capsy
     fit(cfg, synth_ds, lambda r: r.save(run))
     out = tmp_path / "p.csv"
     assert main(["predict", str(run), "--images", str(synth_dir / "test_images"), "--out", str(out), "--discover"]) == 0
-    assert "novel-subclass cluster(s)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "novel-subclass group(s)" in err and "decided by each image's neighbours" in err
     assert len(pd.read_csv(out)) == len(list((synth_dir / "test_images").iterdir()))
 
 
 def test_discover_takes_a_cluster_count_auto_or_nothing():
     from hier_tl.cli import build_parser
-    from hier_tl.train.clusters import NEW_CLUSTERS
 
     base = ["predict", "r", "--images", "i", "--out", "o"]
     parse = build_parser().parse_args
@@ -45,4 +45,21 @@ def test_discover_takes_a_cluster_count_auto_or_nothing():
         parse([*base, "--discover", "0"])
     predict = next(a for a in build_parser()._subparsers._group_actions[0].choices["predict"]._actions
                    if a.dest == "discover")
-    assert f"default {NEW_CLUSTERS}" in predict.help  # the help names the default the library uses
+    assert "neighbours" in predict.help and "k-means" in predict.help
+
+
+def test_discovery_replaces_the_subclass_threshold():
+    """With --discover the subclass level is the neighbour rule's: images a subclass threshold would all call
+    novel (msp <= 1 < 2), sitting among training images of their subclass, keep their subclass."""
+    from hier_tl.data.taxonomy import LabelSpace
+    from hier_tl.predict.predict import decide
+
+    space = LabelSpace((0,), (10, 11), (0, 0), 1, 12)
+    g = torch.Generator().manual_seed(0)
+    bank = torch.eye(8)[:2].repeat_interleave(20, 0) * 4 + 0.3 * torch.randn(40, 8, generator=g)
+    feats = torch.eye(8)[:2].repeat_interleave(10, 0) * 4 + 0.3 * torch.randn(20, 8, generator=g)
+    out = Outputs(torch.ones(20, 1), torch.eye(2).repeat_interleave(10, 0) * 5, space=space, backbone_feats=feats,
+                  bank_backbone=bank, bank_sub_target=torch.arange(2).repeat_interleave(20))
+    assert (decide(out, "msp", -1.0, 2.0)[1] == 12).all()  # the threshold alone: all novel
+    sups, subs = decide(out, "msp", -1.0, 2.0, discover="default")
+    assert (sups == 0).all() and (subs == torch.tensor([10] * 10 + [11] * 10)).float().mean() >= 0.9

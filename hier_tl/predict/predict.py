@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import re
 import sys
 from dataclasses import dataclass, replace
@@ -103,10 +104,11 @@ class Predictor:
 
 def decide(out: Outputs, score: str, thr_super: float, thr_sub: float, discover: int | str | None = None):
     """The hierarchy rule on outputs (scored once, all images), then, with `discover`, category discovery over
-    them (`train.clusters`, which prints what it found); mapping-file indices at both levels."""
+    them (`train.clusters`, which prints what it found) in place of the subclass threshold; mapping-file
+    indices at both levels."""
     from ..train.novelty import predict as rule
 
-    sups, subs = rule(out, out.space, score, thr_super, thr_sub)
+    sups, subs = rule(out, out.space, score, thr_super, -math.inf if discover else thr_sub)
     if discover:
         from .discovery import discover_in
 

@@ -1,17 +1,23 @@
 """Category discovery on the images being labelled (transductive: it looks at the whole unlabelled set at once).
 
-Per seen superclass, semi-supervised k-means (in the spirit of Generalized Category Discovery, Vaze et al.
-2022) clusters the images predicted in that superclass together with the training bank's images of its
-subclasses, on L2-normalised backbone features (cosine k-means). The bank's images stay in their own
-subclass's cluster; extra clusters seeded on the unlabelled images that are farthest from every known
-subclass are free to form. A cluster that ends with no training image is a novel subclass: its images are
-called novel at the subclass level. Each superclass gets `NEW_CLUSTERS` extra clusters (at most one per
-`IMAGES_PER_NEW_CLUSTER` of its images): over-clustering, so a new breed may fill several clusters, each novel,
-and a split of a known subclass's images stays rare because the known centres hold their training images.
-On validation pools this caught far more new breeds per point of seen-subclass accuracy than choosing the
-count by silhouette (which found 0-2 clusters where 3 new breeds were held out; `new_clusters=None` still
-does that, over 0..`max_new`). The images already called a novel superclass are clustered among themselves
-(count by silhouette too), so the number of novel-superclass groups is reported; their labels do not change.
+Neighbours decide which images are new breeds: an image of a seen subclass has training images of its
+subclass among its nearest neighbours in the training bank and the folder together, an image of a new breed
+has mostly other images of the folder (its own breed), as no training image is like it. The share of training
+images among an image's `NEIGHBOURS` nearest (cosine, backbone features) is its score; the threshold is the
+same score's `NEIGHBOUR_KEEP` quantile from the top over the training images themselves (each left out of its own
+neighbours), so it follows how large the folder is beside the bank: no threshold carried over from validation.
+On validation pools this caught far more new breeds per point of seen-subclass accuracy than clustering
+(bench/README, category discovery). The images it calls novel in each superclass are then clustered among
+themselves (count by silhouette), as are those already called a novel superclass, so `predict` says how many
+new groups it found at each level; clustering does not change their labels.
+
+Optionally (`new_clusters`), per seen superclass, semi-supervised k-means (in the spirit of Generalized Category
+Discovery, Vaze et al. 2022) also clusters the images predicted in that superclass together with the training
+bank's images of its subclasses, on L2-normalised backbone features (cosine k-means). The bank's images stay in
+their own subclass's cluster; extra clusters seeded on the unlabelled images that are farthest from every known
+subclass are free to form, and a cluster that ends with no training image is a novel subclass. `new_clusters`
+extra clusters each (at most one per `IMAGES_PER_NEW_CLUSTER` of its images: over-clustering, voted over
+`RESTARTS` seeds), or None: the count by silhouette over 0..`max_new`.
 
 This changes nothing unless asked (`predict --discover`): a prediction then depends on the other images of
 the folder. Validation treats each validation split as the unlabelled set (`bench/discovery.py`).
@@ -28,66 +34,121 @@ from ..data.taxonomy import NOVEL
 
 ITERATIONS = 30
 MAX_NEW = 8  # extra clusters the silhouette tries per superclass (`new_clusters=None`)
-NEW_CLUSTERS = 10  # extra clusters per superclass by default: over-clustering (bench/README, category discovery)
+NEIGHBOURS = 20  # nearest neighbours (training bank and folder) whose share of training images scores an image
+NEIGHBOUR_KEEP = 0.985  # training images (left out of their own neighbours) the threshold keeps (bench/README)
+NEIGHBOUR_POOL = 50_000  # folder images the neighbours are searched among at most (a random sample beyond)
+CHUNK = 1024  # query rows whose similarities are held at once
+NEW_CLUSTERS = 10  # extra clusters per superclass when asked for (`new_clusters`): over-clustering
 IMAGES_PER_NEW_CLUSTER = 30  # ... and at most one per this many of the superclass's images, so a small folder's
 # known images are not split off into clusters of their own
 RESTARTS = 5  # k-means runs (seeds) per superclass; an image is in a new cluster when most runs put it in one
 SILHOUETTE_PER_CLASS = 20  # labelled images per known subclass in the silhouette that picks the count
+SPLIT_SILHOUETTE = 0.25  # silhouette a split into groups must beat ("no substantial structure" below it)
 SILHOUETTE_ROWS = 4000  # unlabelled images a silhouette is measured on at most (its distances are rows^2)
 
 
 @dataclass
 class Discovery:
-    """What discovery found: predictions (head positions, NOVEL where novel) and the clusters behind them."""
+    """What discovery found: predictions (head positions, NOVEL where novel) and the groups behind them."""
 
     sup: torch.Tensor
     sub: torch.Tensor
-    new_clusters: dict[int, int]  # superclass head position -> novel-subclass clusters found
+    new_clusters: dict[int, int]  # superclass head position -> groups among the images called its novel subclasses
     novel_super_clusters: int  # groups among the images called a novel superclass
+    by_neighbours: int = 0  # images the neighbour rule called a novel subclass (the per-image rule had not)
 
     def summary(self) -> str:
         n_sub = int(((self.sub == NOVEL) & (self.sup != NOVEL)).sum())
-        return (f"discovery: {sum(self.new_clusters.values())} novel-subclass cluster(s) in "
+        return (f"discovery: {sum(self.new_clusters.values())} novel-subclass group(s) in "
                 f"{sum(1 for v in self.new_clusters.values() if v)} superclass(es), {n_sub} image(s) called a novel "
-                f"subclass of a known superclass; {self.novel_super_clusters} novel-superclass cluster(s) holding "
-                f"{int((self.sup == NOVEL).sum())} image(s)")
+                f"subclass of a known superclass ({self.by_neighbours} by their neighbours); "
+                f"{self.novel_super_clusters} novel-superclass group(s) holding {int((self.sup == NOVEL).sum())} "
+                "image(s)")
 
 
 def discover(out, sup: torch.Tensor, sub: torch.Tensor, max_new: int = MAX_NEW, union: bool = True,
-             seed: int = 0, new_clusters: int | None = NEW_CLUSTERS) -> Discovery:
-    """Cluster `out`'s images (an `Outputs` with backbone features and a training bank) given the per-image
-    predictions `sup`, `sub` (head positions, NOVEL where novel). With `union`, an image stays novel at the
-    subclass level when the per-image rule said so; otherwise the clusters alone decide (images in a known
-    subclass's cluster get that subclass). `new_clusters`: that many extra clusters per superclass
-    (over-clustering: several clusters may hold one new breed, each still novel), at most one per
-    `IMAGES_PER_NEW_CLUSTER` of its images; None: the count with the best silhouette among 0..`max_new`."""
+             seed: int = 0, new_clusters: int | None = 0, neighbours: int = NEIGHBOURS,
+             keep: float = NEIGHBOUR_KEEP) -> Discovery:
+    """Discovery over `out`'s images (an `Outputs` with backbone features and a training bank) given the
+    per-image predictions `sup`, `sub` (head positions, NOVEL where novel): images whose `neighbours` nearest
+    hold too few training images (`neighbour_novel`, threshold from the bank at `keep`) become novel subclasses
+    (0: no neighbour rule). `new_clusters` K > 0: also K extra k-means clusters per superclass, whose images
+    are novel (at most one per `IMAGES_PER_NEW_CLUSTER` of its images); None: their count by silhouette among
+    0..`max_new`; 0: no clustering rule. With `union`, an image stays novel where the per-image rule said so;
+    otherwise the clusters decide (images in a known subclass's cluster get that subclass)."""
     x = F.normalize(out.backbone_feats.double(), dim=1)
     bank = F.normalize(out.bank_backbone.double(), dim=1)
+    g = torch.Generator().manual_seed(seed)
+    sub, found = sub.clone(), None
+    if new_clusters != 0 or not union:
+        sub, found = _cluster_rule(out, x, bank, sup, sub, max_new, union, new_clusters, g)
+    flagged = torch.zeros(len(x), dtype=torch.bool)
+    if neighbours and len(bank):
+        flagged = neighbour_novel(x.float(), bank.float(), neighbours, keep, g) & (sup != NOVEL) & (sub != NOVEL)
+    sub[flagged] = NOVEL
+    if found is None:  # no k-means: the groups among the images called novel in each superclass
+        found = {s: _groups(x[(sup == s) & (sub == NOVEL)], max_new, g) for s in range(len(out.space.supers))}
+    return Discovery(sup, sub, found, _groups(x[sup == NOVEL], max_new, g), int(flagged.sum()))
+
+
+def neighbour_novel(x, bank, k: int = NEIGHBOURS, keep: float = NEIGHBOUR_KEEP, g=None) -> torch.Tensor:
+    """Which rows of `x` (L2-normalised folder features) have a smaller share of training images among their k
+    nearest neighbours (the bank and at most `NEIGHBOUR_POOL` sampled folder rows, themselves left out) than
+    `keep` of the bank's own rows have (each left out of its own neighbours). Ties in the share are broken by
+    the similarity to the nearest training image."""
+    some = _some(len(x), g, NEIGHBOUR_POOL)
+    ref = torch.cat([bank, x[some]])
+    self_col = torch.full((len(x),), -1, dtype=torch.long)
+    self_col[some] = len(bank) + torch.arange(len(some))
+    k = min(k, len(ref) - 1)
+    own = _share(bank, ref, len(bank), torch.arange(len(bank)), k)
+    return _share(x, ref, len(bank), self_col, k) < torch.quantile(own, 1 - keep)
+
+
+def _share(q, ref, n_bank: int, self_col, k: int) -> torch.Tensor:
+    """Per row of `q`: share of its k nearest rows of `ref` that are among the first `n_bank` (the training
+    bank), plus 1e-3 x its similarity to the nearest of those (a tie-break below one neighbour's step); the row
+    `self_col` (-1: none) is left out."""
+    scores = []
+    for at in range(0, len(q), CHUNK):
+        sim = q[at:at + CHUNK] @ ref.T
+        own = self_col[at:at + CHUNK]
+        hit = torch.nonzero(own >= 0).flatten()
+        sim[hit, own[hit]] = -float("inf")
+        share = (sim.topk(k, dim=1).indices < n_bank).float().mean(1)
+        scores.append(share + 1e-3 * sim[:, :n_bank].max(1).values.clamp(min=-1))
+    return torch.cat(scores)
+
+
+def _groups(x, max_new: int, g) -> int:
+    return _count_clusters(x, max_new, g) if len(x) > 2 else int(len(x) > 0)
+
+
+def _cluster_rule(out, x, bank, sup, sub, max_new: int, union: bool, new_clusters: int | None, g):
+    """Semi-supervised k-means per seen superclass (module docstring): `sub` with the images in extra clusters
+    called novel (and, without `union`, the others given their cluster's subclass), and per superclass how
+    many extra clusters kept an image."""
     parent = torch.tensor(out.space.sub_parent)
     bank_sup = parent[out.bank_sub_target]
-    sub, found = sub.clone(), {}
-    g = torch.Generator().manual_seed(seed)
+    found = {}
     for s in range(len(out.space.supers)):
+        found[s] = 0
         rows = torch.nonzero(sup == s).flatten()
         kids = torch.nonzero(parent == s).flatten()
         labelled = bank_sup == s
         if len(rows) < 2 or not labelled.any():
-            found[s] = 0
             continue
         lab_x, lab_y = bank[labelled], out.bank_sub_target[labelled]
         if new_clusters is None:
-            assign, k_new = _best_clustering(x[rows], lab_x, lab_y, kids, max_new, g)
+            assign, found[s] = _best_clustering(x[rows], lab_x, lab_y, kids, max_new, g)
             in_new = assign >= len(kids)
         else:
             k = min(new_clusters, len(rows) // IMAGES_PER_NEW_CLUSTER)
-            assign, in_new, k_new = _voted(x[rows], lab_x, _position(lab_y, kids), len(kids), k, g)
-        found[s] = k_new
+            assign, in_new, found[s] = _voted(x[rows], lab_x, _position(lab_y, kids), len(kids), k, g)
         known = kids[assign.clamp(max=len(kids) - 1)]
         cluster_sub = torch.where(in_new, torch.full_like(known, NOVEL), known)
         sub[rows] = torch.where(in_new | (sub[rows] == NOVEL), NOVEL, sub[rows]) if union else cluster_sub
-    pool = torch.nonzero(sup == NOVEL).flatten()
-    n_super = _count_clusters(x[pool], max_new, g) if len(pool) > 2 else int(len(pool) > 0)
-    return Discovery(sup, sub, found, n_super)
+    return sub, found
 
 
 def _best_clustering(u, lab_x, lab_y, kids, max_new: int, g) -> tuple[torch.Tensor, int]:
@@ -163,10 +224,11 @@ def _ss_kmeans(u, lab_x, lab_pos, centres) -> torch.Tensor:
     return assign
 
 
-def _some(n: int, g) -> torch.Tensor:
-    """Which of n rows a silhouette is measured on: all, or `SILHOUETTE_ROWS` drawn at random (a folder of
-    millions of images would need terabytes of pairwise distances)."""
-    return torch.arange(n) if n <= SILHOUETTE_ROWS else torch.randperm(n, generator=g)[:SILHOUETTE_ROWS]
+def _some(n: int, g, cap: int | None = None) -> torch.Tensor:
+    """Which of n rows a silhouette (or the neighbour search) is measured on: all, or `cap` (default
+    `SILHOUETTE_ROWS`) drawn at random (a folder of millions of images would need terabytes of distances)."""
+    cap = SILHOUETTE_ROWS if cap is None else cap
+    return torch.arange(n) if n <= cap else torch.randperm(n, generator=g)[:cap]
 
 
 def _silhouette(dist, assign) -> float:
@@ -186,9 +248,9 @@ def _silhouette(dist, assign) -> float:
 
 def _count_clusters(x, max_new: int, g) -> int:
     """How many groups the rows `x` form: plain cosine k-means, k (1..max_new) by silhouette (1 when no split
-    scores above 0)."""
+    scores above `SPLIT_SILHOUETTE`: a split of one round cloud scores 0.1-0.2)."""
     some = _some(len(x), g)
-    best_k, best_sil, dist = 1, 0.0, (1 - x[some] @ x[some].T).clamp(min=0)
+    best_k, best_sil, dist = 1, SPLIT_SILHOUETTE, (1 - x[some] @ x[some].T).clamp(min=0)
     for k in range(2, min(max_new, len(x) - 1) + 1):
         centres = _seed_new(x, F.normalize(x.mean(0, keepdim=True), dim=1), k, g)
         assign = _ss_kmeans(x, x[:0], torch.zeros(0, dtype=torch.long), centres)
