@@ -142,3 +142,20 @@ def test_neighbours_are_searched_in_chunks_and_among_a_sample_of_a_large_folder(
     found = discover(out, sup, sub)
     assert set(refs) == {80 + 120}  # the bank and the sample
     assert (found.sub[breed] == NOVEL).float().mean() >= 0.9
+
+
+def test_reference_features_join_the_neighbour_search_when_the_trial_has_them():
+    """The frozen reference features (not fitted to the training images) sit beside the backbone's: a new
+    breed the backbone cannot tell from subclass 0 but the reference features can is caught with them."""
+    g = torch.Generator().manual_seed(3)
+    out, sup, sub, breed = _two_breeds(g)
+    blurred = out.backbone_feats.clone()
+    blurred[breed] = _near(0, int(breed.sum()), g)  # the backbone sees subclass 0
+    ref = torch.cat([_near(k, 50, g) for k in (6, 7)] + [_near(8, 90, g), _near(9, 25, g)])
+    bank_ref = torch.cat([_near(k, 20, g) for k in (6, 7, 9, 10)])
+    plain = replace(out, backbone_feats=blurred)
+    with_ref = replace(plain, ref_feats=ref, bank_ref=bank_ref)
+    assert (discover(plain, sup, sub).sub[breed] == NOVEL).float().mean() < 0.5
+    found = discover(with_ref, sup, sub)
+    assert (found.sub[breed] == NOVEL).float().mean() >= 0.9
+    assert (found.sub[~breed] == sub[~breed]).float().mean() >= 0.9
