@@ -62,7 +62,9 @@ def rows_for(out: Outputs, score: str, threshold: str, max_new: int, fold: int,
     runs += [("silhouette clusters alone", {"new_clusters": None, "neighbours": 0})]
     few = out if bank_per_class is None else out.with_bank(_per_class(out.bank_sub_target, bank_per_class, fold))
     if crowd is not None:
-        few = replace(few, _cache={}, backbone_feats=torch.cat([crowd.backbone_feats, out.backbone_feats]))
+        both = {k: torch.cat([getattr(crowd, k), getattr(out, k)]) for k in ("backbone_feats", "ref_feats")
+                if getattr(out, k) is not None}
+        few = replace(few, _cache={}, **both)
     for name, kw in runs:
         t0 = time.perf_counter()
         d = discover(few, *pool, max_new, **kw)  # as `predict --discover`: no subclass threshold

@@ -59,6 +59,10 @@ def test_the_table_scores_the_validation_images_with_a_crowd_or_a_smaller_bank()
                     backbone_feats=_near(4, 60, torch.Generator().manual_seed(1)))  # more of the new breed
     with_crowd = _table(bench.rows_for(out, "msp", "tpr:0.95", 8, 0, (10,), (0.985,), crowd=crowd))
     assert with_crowd[nb]["novel_sub_seen_super_acc"] >= 0.95  # rows are the validation images, not the crowd's
+    with_ref = replace(out, _cache={}, ref_feats=out.backbone_feats, bank_ref=out.bank_backbone)
+    crowd_ref = replace(crowd, _cache={}, ref_feats=crowd.backbone_feats)  # reference features join the pool too
+    rows = _table(bench.rows_for(with_ref, "msp", "tpr:0.95", 8, 0, (10,), (0.985,), crowd=crowd_ref))
+    assert rows[nb]["novel_sub_seen_super_acc"] >= 0.95
     few = _table(bench.rows_for(out, "msp", "tpr:0.95", 8, 0, (10,), (0.985,), bank_per_class=5))
     assert _same(few["per-image rule"], base["per-image rule"], bench.KEYS)  # the rules keep the whole bank
     assert few[nb]["novel_sub_seen_super_acc"] >= 0.9

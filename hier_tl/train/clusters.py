@@ -99,7 +99,7 @@ def _neighbour_space(out) -> tuple[torch.Tensor, torch.Tensor]:
     the training images, so those sit no tighter among themselves than the folder's do; on the published folds
     the pair caught more new breeds at fewer points, on a validation pool and with a test folder added."""
     x, bank = (F.normalize(t.float(), dim=1) for t in (out.backbone_feats, out.bank_backbone))
-    if out.ref_feats is not None and out.bank_ref is not None and len(out.ref_feats) == len(x):
+    if out.ref_feats is not None and out.bank_ref is not None:
         x = F.normalize(torch.cat([x, F.normalize(out.ref_feats.float(), dim=1)], 1), dim=1)
         bank = F.normalize(torch.cat([bank, F.normalize(out.bank_ref.float(), dim=1)], 1), dim=1)
     return x, bank
