@@ -28,8 +28,9 @@ def test_predict_discover_from_a_run_folder(synth_ds, synth_dir, tmp_path, capsy
     fit(cfg, synth_ds, lambda r: r.save(run))
     out = tmp_path / "p.csv"
     assert main(["predict", str(run), "--images", str(synth_dir / "test_images"), "--out", str(out), "--discover"]) == 0
-    err = capsys.readouterr().err
-    assert "novel-subclass group(s)" in err and "decided by each image's neighbours" in err
+    said = capsys.readouterr()
+    assert "novel-subclass group(s)" in said.err and "decided by each image's neighbours" in said.err
+    assert "subclass by neighbours (--discover)" in said.out  # the subclass threshold is not what decided
     assert len(pd.read_csv(out)) == len(list((synth_dir / "test_images").iterdir()))
 
 

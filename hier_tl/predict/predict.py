@@ -218,7 +218,8 @@ def run(source: str, images: str, out: str, trial_id: str | None = None, thresho
         predictor = Predictor.from_checkpoint(ckpt, rule, name=where, grid=grid)
         predictor.discover = discover
         n = write_predictions(predictor, images, path)
+        sub_rule = "by neighbours (--discover)" if discover else f"{predictor.thr_sub:.4g}"
         log(f"wrote {path}: {n} images (thresholds {predictor.score}: superclass {predictor.thr_super:.4g}, "
-            f"subclass {predictor.thr_sub:.4g})")
+            f"subclass {sub_rule})")
         done.append((path, n))
     return done
