@@ -64,3 +64,16 @@ def test_discovery_replaces_the_subclass_threshold():
     assert (decide(out, "msp", -1.0, 2.0)[1] == 12).all()  # the threshold alone: all novel
     sups, subs = decide(out, "msp", -1.0, 2.0, discover="default")
     assert (sups == 0).all() and (subs == torch.tensor([10] * 10 + [11] * 10)).float().mean() >= 0.9
+
+
+def test_a_small_folder_is_warned_about(capsys):
+    """Discovery learns from the folder itself: a handful of images gives it little to go on, and it says so."""
+    g = torch.Generator().manual_seed(0)
+    from hier_tl.data.taxonomy import LabelSpace
+
+    space = LabelSpace((0,), (10, 11), (0, 0), 1, 12)
+    bank = torch.eye(8)[:2].repeat_interleave(20, 0) * 4 + 0.3 * torch.randn(40, 8, generator=g)
+    out = Outputs(torch.ones(5, 1), torch.eye(2)[[0, 1, 0, 1, 0]] * 5, space=space, backbone_feats=bank[:5] + 0.1,
+                  bank_backbone=bank, bank_sub_target=torch.arange(2).repeat_interleave(20))
+    discover_in(out, torch.zeros(5, dtype=torch.long), torch.tensor([0, 1, 0, 1, 0]))
+    assert "5 image(s) give it little to go on" in capsys.readouterr().err
