@@ -60,6 +60,7 @@ def rows_for(out: Outputs, score: str, threshold: str, max_new: int, fold: int,
     runs += [(f"neighbours + {k} new clusters", {"new_clusters": k}) for k in new_clusters]
     runs += [(f"{k} new clusters alone", {"new_clusters": k, "neighbours": 0}) for k in new_clusters]
     runs += [("silhouette clusters alone", {"new_clusters": None, "neighbours": 0})]
+    runs += [(f"neighbours at {NEIGHBOUR_KEEP}, backbone features alone", {"backbone_only": True})]
     few = out if bank_per_class is None else out.with_bank(_per_class(out.bank_sub_target, bank_per_class, fold))
     if crowd is not None:
         both = {k: torch.cat([getattr(crowd, k), getattr(out, k)]) for k in ("backbone_feats", "ref_feats")
@@ -67,7 +68,8 @@ def rows_for(out: Outputs, score: str, threshold: str, max_new: int, fold: int,
         few = replace(few, _cache={}, **both)
     for name, kw in runs:
         t0 = time.perf_counter()
-        d = discover(few, *pool, max_new, **kw)  # as `predict --discover`: no subclass threshold
+        seen_as = replace(few, _cache={}, ref_feats=None) if kw.pop("backbone_only", False) else few
+        d = discover(seen_as, *pool, max_new, **kw)  # as `predict --discover`: no subclass threshold
         rows.append({"fold": fold, "method": f"discover ({name})", **_metrics(out, d.sup[n:], d.sub[n:]),
                      "groups": str(d.new_clusters), "novel super groups": d.novel_super_clusters,
                      "s": time.perf_counter() - t0})
