@@ -159,3 +159,12 @@ def test_reference_features_join_the_neighbour_search_when_the_trial_has_them():
     found = discover(with_ref, sup, sub)
     assert (found.sub[breed] == NOVEL).float().mean() >= 0.9
     assert (found.sub[~breed] == sub[~breed]).float().mean() >= 0.9
+
+
+def test_an_empty_folder_finds_nothing():
+    """No image to label (every file of a folder unreadable): discovery answers with empty predictions."""
+    out, sup, sub, _ = _two_breeds(torch.Generator().manual_seed(4))
+    none = replace(out, super_logits=out.super_logits[:0], sub_logits=out.sub_logits[:0],
+                   backbone_feats=out.backbone_feats[:0])
+    found = discover(none, sup[:0], sub[:0])
+    assert len(found.sub) == 0 and found.by_neighbours == 0 and found.novel_super_clusters == 0

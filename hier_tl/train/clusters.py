@@ -85,7 +85,7 @@ def discover(out, sup: torch.Tensor, sub: torch.Tensor, max_new: int = MAX_NEW, 
     if new_clusters != 0 or not union:
         sub, found = _cluster_rule(out, x, bank, sup, sub, max_new, union, new_clusters, g)
     flagged = torch.zeros(len(x), dtype=torch.bool)
-    if neighbours and len(bank):
+    if neighbours and len(bank) and len(x):
         flagged = neighbour_novel(*_neighbour_space(out), neighbours, keep, g) & (sup != NOVEL) & (sub != NOVEL)
     sub[flagged] = NOVEL
     if found is None:  # no k-means: the groups among the images called novel in each superclass
